@@ -1,0 +1,11 @@
+"""`self1e train`: not implemented yet."""
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="(not implemented yet)")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    raise ValueError("'self1e train' is not implemented yet")

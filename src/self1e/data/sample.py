@@ -1,0 +1,92 @@
+"""The one sample type every data source produces (JSONL, RefShapes, RefCOCO family, ReasonSeg, ...).
+
+Images and masks are loaded lazily so that a dataset of 100k samples costs only its metadata.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Union
+
+import numpy as np
+from PIL import Image
+
+# A mask is either a PNG path (any non-zero pixel is foreground) or a function that draws it.
+MaskSource = Union[str, Path, Callable[[], np.ndarray]]
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, line and field."""
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Open any image Pillow reads and return it as RGB; raises DataError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"cannot read image {path}: {e}") from None
+
+
+def read_mask_png(path: str | Path) -> np.ndarray:
+    """Read a mask file as a bool (H, W) array; any non-zero pixel is foreground."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"mask not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            arr = np.asarray(im.convert("L") if im.mode not in ("L", "1", "I", "I;16") else im)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"cannot read mask {path}: {e}") from None
+    return arr != 0
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sample. Referring samples have ``text``; VQA samples have ``question`` and ``answer``.
+
+    ``mask`` None means "no target" (the ground truth is an empty mask).
+    ``where`` names the origin for error messages, e.g. ``"data/val.jsonl:12"``.
+    """
+
+    id: str
+    image: str | Path | Callable[[], Image.Image]
+    text: str | None = None
+    mask: MaskSource | None = None
+    ignore: MaskSource | None = None
+    kind: str | None = None
+    question: str | None = None
+    answer: str | None = None
+    where: str = ""
+
+    @property
+    def is_vqa(self) -> bool:
+        return self.text is None and self.question is not None
+
+    def load_image(self) -> Image.Image:
+        """The image as RGB."""
+        return self.image() if callable(self.image) else open_image(self.image)
+
+    def _load(self, src: MaskSource, size: tuple[int, int], field: str) -> np.ndarray:
+        arr = np.asarray(src(), dtype=bool) if callable(src) else read_mask_png(src)
+        if arr.shape != (size[1], size[0]):
+            raise DataError(
+                f"{self.where or self.id}: {field} is {arr.shape[1]}x{arr.shape[0]} but the image is "
+                f"{size[0]}x{size[1]} (width x height); masks must match their image exactly"
+            )
+        return arr
+
+    def load_mask(self, size: tuple[int, int]) -> np.ndarray:
+        """Ground truth as bool (H, W) for an image of ``size`` = (width, height)."""
+        if self.mask is None:
+            return np.zeros((size[1], size[0]), dtype=bool)
+        return self._load(self.mask, size, "mask")
+
+    def load_ignore(self, size: tuple[int, int]) -> np.ndarray | None:
+        """Ignore region as bool (H, W), or None."""
+        return None if self.ignore is None else self._load(self.ignore, size, "ignore")
