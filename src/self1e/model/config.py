@@ -1,0 +1,62 @@
+"""Self1eConfig: the SELF1E-specific settings layered over an InternVL checkpoint's own config."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+MASK_HEADS = ("compressed", "hq", "rfr", "rfa")
+SEG_ATTENTIONS = ("causal", "bidirectional")
+CONFIG_NAME = "self1e_config.json"
+
+
+@dataclass(frozen=True)
+class Self1eConfig:
+    """What SELF1E adds to an InternVL model. Everything about the backbone stays in its config.json."""
+
+    mask_head: str = "rfa"  # ablation rung: compressed (16x16 per tile) | hq, rfr (32x32) | rfa (64x64)
+    seg_attention: str = "bidirectional"  # attention inside LLM rows that hold [SEG]: causal | bidirectional
+    seg_token: str = "[SEG]"  # the single segmentation token added to the vocabulary
+    ce_weight: float = 1.0  # language-model cross-entropy on the answer tokens
+    bce_weight: float = 2.0  # per-pixel binary cross-entropy on mask logits
+    dice_weight: float = 0.5  # soft Dice on sigmoid probabilities
+    aux_weight: float = 1.0  # weight of the low-resolution auxiliary head's loss (rfa only)
+    loss_short_side: int = 128  # ground truth and logits are compared with this short side
+    causal_lm_loss: bool = True  # LM loss from a causal pass, so the [SEG] decision cannot leak (see design)
+    max_tiles: int = 1  # 1 = one tile per image; >1 = InternVL dynamic tiling, stitched before the head
+    use_thumbnail: bool = True  # with several tiles, also feed InternVL's global thumbnail tile to the LLM
+
+    def __post_init__(self) -> None:
+        if self.mask_head not in MASK_HEADS:
+            raise ValueError(f"mask_head must be one of {MASK_HEADS}, got {self.mask_head!r}")
+        if self.seg_attention not in SEG_ATTENTIONS:
+            raise ValueError(f"seg_attention must be one of {SEG_ATTENTIONS}, got {self.seg_attention!r}")
+        if self.max_tiles < 1:
+            raise ValueError(f"max_tiles must be >= 1, got {self.max_tiles}")
+
+    @property
+    def upscale(self) -> int:
+        """Output grid per side relative to the LLM token grid."""
+        return {"compressed": 1, "hq": 2, "rfr": 2, "rfa": 4}[self.mask_head]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Self1eConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown Self1eConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+    def save(self, directory: str | Path) -> None:
+        Path(directory, CONFIG_NAME).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Self1eConfig":
+        path = Path(directory, CONFIG_NAME)
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None

@@ -1,0 +1,56 @@
+"""InternVL's pixel shuffle (PS), its exact inverse (PUS), and self-replication through the projector.
+
+Channel order (InternVL's): PS packs the 2x2 block at rows (2i, 2i+1), columns (2j, 2j+1) into
+channel blocks k = 2 * row_offset + col_offset, each block holding the D channels of one patch.
+All functions work on channels-last grids of any (even) height and width, square or not.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def pixel_shuffle(x: torch.Tensor) -> torch.Tensor:
+    """Space-to-depth. x: (N, H, W, D) -> (N, H/2, W/2, 4D)."""
+    n, h, w, d = x.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"pixel_shuffle needs an even grid, got {h}x{w}")
+    x = x.reshape(n, h // 2, 2, w // 2, 2, d).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(n, h // 2, w // 2, 4 * d)
+
+
+def pixel_unshuffle(y: torch.Tensor) -> torch.Tensor:
+    """Depth-to-space, the exact inverse of :func:`pixel_shuffle`. y: (N, h, w, 4C) -> (N, 2h, 2w, C)."""
+    n, h, w, c4 = y.shape
+    if c4 % 4:
+        raise ValueError(f"pixel_unshuffle needs channels divisible by 4, got {c4}")
+    y = y.reshape(n, h, w, 2, 2, c4 // 4).permute(0, 1, 3, 2, 4, 5)
+    return y.reshape(n, 2 * h, 2 * w, c4 // 4)
+
+
+def self_replicate(x: torch.Tensor) -> torch.Tensor:
+    """Rep4: four copies of each patch vector along channels. (N, H, W, D) -> (N, H, W, 4D)."""
+    return torch.cat([x] * 4, dim=-1)
+
+
+def project_replicated(projector: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``projector(self_replicate(x))`` without building the 4x input (exact rewrite).
+
+    LayerNorm over four identical copies has the mean and variance of one copy, so
+    LayerNorm + first Linear fold into one Linear on the normalised ``x`` with weight
+    ``sum_k W_k diag(gamma_k)`` and bias ``sum_k W_k beta_k + b``.
+
+    projector: InternVL's multi_modal_projector (layer_norm, linear_1, act, linear_2).
+    x: (..., D) -> (..., C).
+    """
+    ln, lin1 = projector.layer_norm, projector.linear_1
+    d = x.shape[-1]
+    x_hat = F.layer_norm(x, (d,), None, None, ln.eps)
+    w = lin1.weight.reshape(lin1.out_features, 4, d)  # (C, k, D)
+    gamma = ln.weight.reshape(4, d)
+    beta = ln.bias.reshape(4, d)
+    weight = (w * gamma).sum(1)  # (C, D)
+    bias = torch.einsum("ckd,kd->c", w, beta) + lin1.bias
+    h = projector.act(F.linear(x_hat, weight, bias))
+    return projector.linear_2(h)

@@ -1,0 +1,242 @@
+"""Self1eModel: SELF1E around transformers' native ``InternVLForConditionalGeneration``.
+
+The base model is used through its own submodules (vision tower, projector, language model, LM
+head); we only re-run its image-feature path to keep the full-resolution ViT features, and pass a
+custom 4D attention mask to the language model.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tokenizers import AddedToken
+from transformers import InternVLForConditionalGeneration
+
+from ..processing import IGNORE_INDEX, Batch, Self1eProcessor
+from .attention import position_ids_from_mask, seg_attention_mask
+from .config import Self1eConfig
+from .head import MaskHead
+from .losses import mask_loss
+from .pixel_shuffle import pixel_shuffle, project_replicated
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ImageFeatures:
+    """Per-image features. tokens: (T, n, C) LLM inputs per tile; f_v0 / f_v1 / f_v1_hq: per image,
+    stitched over its tiles (thumbnail excluded): (H0, W0, Dv) / (H1, W1, C) / (H0, W0, C)."""
+
+    tokens: torch.Tensor
+    tiles_per_image: list[int]
+    f_v1: list[torch.Tensor]
+    f_v1_hq: list[torch.Tensor | None]
+
+
+@dataclass
+class Self1eOutput:
+    """loss terms (None without targets); lm_logits: (B, L, V) or None; mask_logits: one (H, W)
+    tensor per row that contains [SEG] (rows listed in seg_rows); aux_logits likewise or None."""
+
+    loss: torch.Tensor | None
+    lm_loss: torch.Tensor | None
+    mask_loss: torch.Tensor | None
+    lm_logits: torch.Tensor | None
+    mask_logits: list[torch.Tensor]
+    aux_logits: list[torch.Tensor] | None
+    seg_rows: torch.Tensor
+
+
+def stitch(tiles: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(rows*cols, h, w, C) row-major tiles -> (rows*h, cols*w, C)."""
+    rows, cols = grid
+    _, h, w, c = tiles.shape
+    return tiles.reshape(rows, cols, h, w, c).permute(0, 2, 1, 3, 4).reshape(rows * h, cols * w, c)
+
+
+def add_seg_token(tokenizer, seg_token: str) -> int:
+    """Add ``seg_token`` as one special token if missing; check it encodes to exactly one id."""
+    if seg_token not in tokenizer.get_vocab():
+        tokenizer.add_tokens([AddedToken(seg_token, special=True, normalized=False)], special_tokens=True)
+    seg_id = tokenizer.convert_tokens_to_ids(seg_token)
+    for probe in (seg_token, f"Sure, it is {seg_token}."):
+        ids = tokenizer(probe, add_special_tokens=False)["input_ids"]
+        if ids.count(seg_id) != 1 or (probe == seg_token and ids != [seg_id]):
+            raise ValueError(f"{seg_token!r} does not encode to exactly one token id in {probe!r}: {ids}")
+    return seg_id
+
+
+class Self1eModel(nn.Module):
+    """InternVL + the SELF1E mask head. Build with :meth:`from_pretrained` or :meth:`from_base`."""
+
+    def __init__(self, base: InternVLForConditionalGeneration, tokenizer, config: Self1eConfig) -> None:
+        super().__init__()
+        self.base = base
+        self.tokenizer = tokenizer
+        self.config = config
+        self.seg_token_id = add_seg_token(tokenizer, config.seg_token)
+        emb = base.get_input_embeddings()
+        if self.seg_token_id >= emb.num_embeddings:
+            old = emb.num_embeddings
+            base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+            with torch.no_grad():  # new rows (in and out) start at the mean of the old ones
+                for matrix in (base.get_input_embeddings().weight, base.get_output_embeddings().weight):
+                    matrix[old:] = matrix[:old].mean(0)
+        self.image_token_id = base.config.image_token_id
+        self.head = MaskHead(base.config.text_config.hidden_size, config.mask_head)
+        self.head.to(device=emb.weight.device, dtype=emb.weight.dtype)
+        vc = base.config.vision_config
+        self.processor = Self1eProcessor(tokenizer, vc.image_size[0], vc.patch_size[0], config.max_tiles,
+                                         config.use_thumbnail, config.seg_token, config.loss_short_side)
+
+    # ---- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_base(cls, base, tokenizer, config: Self1eConfig | None = None) -> "Self1eModel":
+        """Wrap an in-memory InternVL model; adds [SEG] and fresh mask heads."""
+        return cls(base, tokenizer, config or Self1eConfig())
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, config: Self1eConfig | None = None, dtype: torch.dtype | None = None,
+                        attn_implementation: str = "sdpa", device: str | torch.device | None = None) -> "Self1eModel":
+        """Load a self1e checkpoint (everything restored) or a plain InternVL ``-hf`` folder (adds
+        [SEG], resizes the embeddings, attaches fresh heads; ``config`` chooses their settings)."""
+        from ..checkpoint import load_model
+
+        return load_model(cls, Path(path), config, dtype, attn_implementation, device)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """safetensors weights + InternVL config + tokenizer + our config (no pickle anywhere)."""
+        from ..checkpoint import save_model
+
+        save_model(self, Path(directory))
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.g.net[0].weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.head.g.net[0].weight.dtype
+
+    # ---- features -------------------------------------------------------------------------------
+    def encode_images(self, pixel_values: torch.Tensor, grids: list[tuple[int, int]]) -> ImageFeatures:
+        """ViT -> PS -> projector for all tiles, plus per-image stitched maps for the head."""
+        inner = self.base.model
+        cfg = self.base.config
+        out = inner.vision_tower(pixel_values=pixel_values.to(self.dtype), output_hidden_states=cfg.vision_feature_layer != -1)
+        feats = out.last_hidden_state if cfg.vision_feature_layer == -1 else out.hidden_states[cfg.vision_feature_layer]
+        if cfg.vision_feature_select_strategy == "default":
+            feats = feats[:, 1:]
+        t, n, d = feats.shape
+        g = int(n**0.5)
+        f_v0 = feats.reshape(t, g, g, d)
+        f_v1 = inner.multi_modal_projector(pixel_shuffle(f_v0))  # (T, g/2, g/2, C)
+        tiles_per_image = [self.processor.n_tiles(grid) for grid in grids]
+        if sum(tiles_per_image) != t:
+            raise ValueError(f"pixel_values has {t} tiles but the grids {grids} need {sum(tiles_per_image)}")
+        maps_v1, maps_hq, start = [], [], 0
+        need_hq = self.config.mask_head != "compressed"
+        for grid, k in zip(grids, tiles_per_image):
+            sl = slice(start, start + grid[0] * grid[1])
+            maps_v1.append(stitch(f_v1[sl], grid))
+            maps_hq.append(stitch(project_replicated(inner.multi_modal_projector, f_v0[sl]), grid) if need_hq else None)
+            start += k
+        return ImageFeatures(f_v1.flatten(1, 2), tiles_per_image, maps_v1, maps_hq)
+
+    def _embed(self, input_ids: torch.Tensor, feats: ImageFeatures, image_index: torch.Tensor) -> torch.Tensor:
+        embeds = self.base.get_input_embeddings()(input_ids)
+        starts = [0]
+        for k in feats.tiles_per_image:
+            starts.append(starts[-1] + k)
+        rows = [feats.tokens[starts[i]:starts[i + 1]].flatten(0, 1) for i in image_index.tolist()]
+        image_pos = input_ids == self.image_token_id
+        counts = image_pos.sum(1).tolist()
+        for r, (row, c) in enumerate(zip(rows, counts)):
+            if row.shape[0] != c:
+                raise ValueError(f"row {r} has {c} image tokens but its image gives {row.shape[0]} features")
+        return embeds.masked_scatter(image_pos[..., None], torch.cat(rows).to(embeds.dtype))
+
+    def _llm(self, embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, bidirectional: bool) -> torch.Tensor:
+        mask = seg_attention_mask(input_ids, attention_mask, self.image_token_id, self.seg_token_id, embeds.dtype, bidirectional)
+        out = self.base.model.language_model(inputs_embeds=embeds, attention_mask=mask,
+                                             position_ids=position_ids_from_mask(attention_mask))
+        return out.last_hidden_state  # after the final norm
+
+    # ---- forward --------------------------------------------------------------------------------
+    def forward(self, batch: Batch, return_lm_logits: bool = False, with_aux: bool | None = None) -> Self1eOutput:
+        """One teacher-forced pass. Losses are computed when ``batch.labels`` has answer tokens
+        (LM loss) and ``batch.mask_targets`` has targets (mask loss)."""
+        with_aux = self.training if with_aux is None else with_aux
+        feats = self.encode_images(batch.pixel_values, batch.grids)
+        embeds = self._embed(batch.input_ids, feats, batch.image_index)
+        bidirectional = self.config.seg_attention == "bidirectional"
+        hidden = self._llm(embeds, batch.input_ids, batch.attention_mask, bidirectional)
+
+        has_labels = bool((batch.labels != IGNORE_INDEX).any())
+        lm_logits = lm_loss = None
+        if return_lm_logits or has_labels:
+            # A causal pass for the LM loss, so predicting [SEG] cannot peek at [SEG] through the image.
+            causal_needed = bidirectional and self.config.causal_lm_loss and has_labels
+            lm_hidden = self._llm(embeds, batch.input_ids, batch.attention_mask, False) if causal_needed else hidden
+            lm_logits = self.base.lm_head(lm_hidden)
+            if has_labels:
+                lm_loss = F.cross_entropy(lm_logits[:, :-1].flatten(0, 1).float(), batch.labels[:, 1:].flatten(),
+                                          ignore_index=IGNORE_INDEX)
+
+        seg_rows, mask_logits, aux_logits = self._masks(hidden, batch, feats, with_aux)
+        m_loss = self._mask_loss(seg_rows, mask_logits, aux_logits, batch)
+        losses = [x for x in ((lm_loss, self.config.ce_weight), (m_loss, 1.0)) if x[0] is not None]
+        loss = sum(v * w for v, w in losses) if losses else None
+        return Self1eOutput(loss, lm_loss, m_loss, lm_logits if return_lm_logits else None, mask_logits,
+                            aux_logits if with_aux else None, seg_rows)
+
+    def _masks(self, hidden: torch.Tensor, batch: Batch, feats: ImageFeatures, with_aux: bool):
+        is_seg = batch.input_ids == self.seg_token_id
+        seg_rows = is_seg.any(1).nonzero()[:, 0]
+        if len(seg_rows) == 0:
+            return seg_rows, [], []
+        seg_pos = is_seg[seg_rows].float().argmax(1)  # first [SEG] of each row
+        h_seg = hidden[seg_rows, seg_pos - 1]  # the state that predicts [SEG]
+        image_pos = batch.input_ids == self.image_token_id
+        f_img, f_v1, f_hq, grids = [], [], [], []
+        for r in seg_rows.tolist():
+            i = int(batch.image_index[r])
+            grid = batch.grids[i]
+            n = grid[0] * grid[1]
+            toks = hidden[r][image_pos[r]][: n * self.processor.tokens_per_tile]
+            side = self.processor.grid_side
+            f_img.append(stitch(toks.reshape(n, side, side, -1), grid))
+            f_v1.append(feats.f_v1[i])
+            f_hq.append(feats.f_v1_hq[i])
+            grids.append(grid)
+        if len(set(grids)) == 1:  # one batched head call
+            stack = lambda xs: None if xs[0] is None else torch.stack(xs)  # noqa: E731
+            out = self.head(torch.stack(f_img), h_seg, stack(f_v1), stack(f_hq), with_aux)
+            mask_logits = list(out.logits)
+            aux = list(out.aux_logits) if out.aux_logits is not None else []
+        else:
+            outs = [self.head(f_img[k][None], h_seg[k:k + 1], f_v1[k][None],
+                              None if f_hq[k] is None else f_hq[k][None], with_aux) for k in range(len(grids))]
+            mask_logits = [o.logits[0] for o in outs]
+            aux = [o.aux_logits[0] for o in outs if o.aux_logits is not None]
+        return seg_rows, mask_logits, aux
+
+    def _mask_loss(self, seg_rows, mask_logits, aux_logits, batch: Batch) -> torch.Tensor | None:
+        if batch.mask_targets is None:
+            return None
+        total, count = None, 0
+        for k, r in enumerate(seg_rows.tolist()):
+            target = batch.mask_targets[r]
+            if target is None:
+                continue
+            cfg = self.config
+            term = mask_loss(mask_logits[k][None], target[None], cfg.bce_weight, cfg.dice_weight)
+            if aux_logits:
+                term = term + cfg.aux_weight * mask_loss(aux_logits[k][None], target[None], cfg.bce_weight, cfg.dice_weight)
+            total = term if total is None else total + term
+            count += 1
+        return None if total is None else total / count

@@ -1,0 +1,99 @@
+"""The tiny configuration family: random-init InternVL models and an offline tokenizer.
+
+Tests, the demo, the shipped default model and the CPU benchmarks all build from here, so nothing
+is downloaded. The tokenizer is a word-level vocabulary covering RefShapes, the prompt templates and
+InternVL's special tokens; ``[SEG]`` is *not* in it: loading adds it, as for a real checkpoint.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, decoders
+from transformers import InternVLConfig, InternVLForConditionalGeneration, PreTrainedTokenizerFast, Qwen2Config
+from transformers.models.internvl.configuration_internvl import InternVLVisionConfig
+
+from ..processing import IMG_CONTEXT, IMG_END, IMG_START, IM_END, IM_START
+
+SPECIAL_TOKENS = ["<unk>", "<|endoftext|>", IM_START, IM_END, IMG_START, IMG_END, IMG_CONTEXT]
+
+WORDS = """
+a an the this that these those it is are there of in on at to with and or any all every both each
+can you please segment what which where how many much color colour respond output segmentation mask
+result sure yes no not image picture shape shapes object objects one ones thing
+circle circles ball balls square squares box boxes triangle triangles diamond diamonds star stars
+cross crosses red green blue yellow purple orange white black gray grey pink brown
+small smaller smallest large larger largest big bigger biggest little tiny huge
+left right top bottom upper lower middle center centre above over below under beneath behind
+leftmost rightmost topmost bottommost highest lowest far furthest very most side near next
+zero two three four five six seven eight nine ten first second third only other another
+find show me give see user assistant system there's
+""".split()
+PUNCTUATION = list(".,?!:;'\"()-/")
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer (lower-cased) for the tiny models; unknown words map to ``<unk>``."""
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + sorted(set(WORDS)) + PUNCTUATION)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", eos_token=IM_END, pad_token="<|endoftext|>"
+    )
+    fast.add_tokens(SPECIAL_TOKENS[1:], special_tokens=True)
+    return fast
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Geometry of one tiny model. image_size / patch_size must be a multiple of 2 (pixel shuffle)."""
+
+    image_size: int = 56
+    patch_size: int = 7
+    vision_hidden: int = 32
+    vision_layers: int = 2
+    vision_heads: int = 2
+    text_hidden: int = 32
+    text_layers: int = 2
+    text_heads: int = 4
+    text_kv_heads: int = 2
+
+
+TINY_SPECS = {
+    "tiny": TinySpec(),  # tests: 8x8 patches, 16 LLM image tokens, 32x32 rfa mask
+    "small": TinySpec(224, 14, 64, 2, 2, 96, 3, 4, 2),  # RefShapes default model: 16x16 patches
+}
+
+
+def tiny_config(name: str = "tiny", vocab_size: int = 256, image_token_id: int = 0) -> InternVLConfig:
+    """An InternVLConfig of the named tiny geometry (untied embeddings, like InternVL3)."""
+    if name not in TINY_SPECS:
+        raise ValueError(f"unknown tiny model {name!r}; choose from {sorted(TINY_SPECS)}")
+    s = TINY_SPECS[name]
+    vision = InternVLVisionConfig(
+        hidden_size=s.vision_hidden, num_hidden_layers=s.vision_layers, num_attention_heads=s.vision_heads,
+        intermediate_size=4 * s.vision_hidden, image_size=s.image_size, patch_size=s.patch_size,
+        attention_bias=True,
+    )
+    text = Qwen2Config(
+        vocab_size=vocab_size, hidden_size=s.text_hidden, intermediate_size=4 * s.text_hidden,
+        num_hidden_layers=s.text_layers, num_attention_heads=s.text_heads,
+        num_key_value_heads=s.text_kv_heads, max_position_embeddings=2048, tie_word_embeddings=False,
+    )
+    tokens = (s.image_size // s.patch_size // 2) ** 2
+    return InternVLConfig(
+        vision_config=vision, text_config=text, image_token_id=image_token_id, image_seq_length=tokens,
+        tie_word_embeddings=False,
+    )
+
+
+def build_tiny_base(name: str = "tiny", seed: int = 0) -> tuple[InternVLForConditionalGeneration, PreTrainedTokenizerFast]:
+    """A randomly initialised InternVL model and its tokenizer (without ``[SEG]``)."""
+    import torch
+
+    tokenizer = build_tokenizer()
+    config = tiny_config(name, vocab_size=len(tokenizer), image_token_id=tokenizer.convert_tokens_to_ids(IMG_CONTEXT))
+    torch.manual_seed(seed)
+    model = InternVLForConditionalGeneration(config)
+    return model.eval(), tokenizer

@@ -1,0 +1,205 @@
+"""Self1eProcessor: the one preprocessing path (images -> tiles, prompts, labels, mask targets).
+
+Training, evaluation, the predictor and the demo all use it, so the model always sees the inputs it
+was trained on. Prompts follow InternVL's chat format (``<|im_start|>`` turns; the image is
+``<img>`` + ``<IMG_CONTEXT>`` x N + ``</img>``).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IGNORE_INDEX = -100
+
+SEG_QUESTIONS = (
+    "Can you segment the {x} in this image?",
+    "Please segment the {x} in this image.",
+    "What is {x} in this image? Please respond with segmentation mask.",
+    "What is {x} in this image? Please output segmentation mask.",
+)
+SENTENCE_QUESTION = "{x} Please output segmentation mask."
+SEG_ANSWERS = ("It is [SEG].", "Sure, [SEG].", "Sure, it is [SEG].", "Sure, the segmentation result is [SEG].", "[SEG].")
+INFERENCE_ANSWER = "[SEG]."
+
+
+def to_rgb(image: "str | Path | Image.Image | np.ndarray") -> Image.Image:
+    """Any image input (path, PIL image of any mode, HxW or HxWxC uint8/float array) as RGB PIL."""
+    if isinstance(image, (str, Path)):
+        from .data.sample import open_image
+
+        return open_image(image)
+    if isinstance(image, np.ndarray):
+        arr = image
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
+            raise ValueError(f"image array must be HxW or HxWxC with C in 1, 3, 4; got shape {arr.shape}")
+        if arr.dtype != np.uint8:
+            arr = np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+        image = Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr)
+    if not isinstance(image, Image.Image):
+        raise ValueError(f"expected an image path, PIL image or numpy array, got {type(image).__name__}")
+    return image.convert("RGB")
+
+
+def tile_grid(width: int, height: int, max_tiles: int, tile_size: int) -> tuple[int, int]:
+    """InternVL's dynamic tiling: the (rows, cols) grid of at most ``max_tiles`` tiles whose aspect
+    ratio is closest to the image's; on a tie the larger grid wins if the image has more than half
+    its pixels."""
+    grids = sorted(((r, c) for r in range(1, max_tiles + 1) for c in range(1, max_tiles + 1) if r * c <= max_tiles),
+                   key=lambda rc: rc[0] * rc[1])
+    best, best_diff = (1, 1), float("inf")
+    for rows, cols in grids:
+        diff = abs(width / height - cols / rows)
+        if diff < best_diff:
+            best, best_diff = (rows, cols), diff
+        elif diff == best_diff and width * height > 0.5 * tile_size * tile_size * rows * cols:
+            best = (rows, cols)
+    return best
+
+
+@dataclass
+class ImageInput:
+    """pixel_values: (T, 3, S, S) tiles (row-major, then the thumbnail if any); grid: (rows, cols)."""
+
+    pixel_values: torch.Tensor
+    grid: tuple[int, int]
+    size: tuple[int, int]  # original (width, height)
+
+
+@dataclass
+class Batch:
+    """Model inputs. B rows (conversations), I images, T tiles in all.
+
+    input_ids, attention_mask, labels: (B, L); pixel_values: (T, 3, S, S); grids: I x (rows, cols);
+    image_index: (B,) image of each row; mask_targets: B entries, (H, W) float or None.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    pixel_values: torch.Tensor
+    grids: list[tuple[int, int]]
+    image_index: torch.Tensor
+    mask_targets: list[torch.Tensor | None] | None = None
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Batch":
+        pv = self.pixel_values.to(device, dtype) if dtype else self.pixel_values.to(device)
+        targets = None if self.mask_targets is None else [t if t is None else t.to(device) for t in self.mask_targets]
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device), pv,
+                     self.grids, self.image_index.to(device), targets)
+
+
+class Self1eProcessor:
+    """Turns images and texts into :class:`Batch` objects for one model geometry and tokenizer."""
+
+    def __init__(self, tokenizer, image_size: int, patch_size: int, max_tiles: int = 1,
+                 use_thumbnail: bool = True, seg_token: str = "[SEG]", loss_short_side: int = 128) -> None:
+        self.tokenizer = tokenizer
+        self.image_size = image_size
+        self.grid_side = image_size // patch_size // 2  # LLM tokens per tile side
+        self.max_tiles = max_tiles
+        self.use_thumbnail = use_thumbnail
+        self.seg_token = seg_token
+        self.loss_short_side = loss_short_side
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        ids = tokenizer.convert_tokens_to_ids([IMG_START, IMG_END, IMG_CONTEXT])
+        if tokenizer.unk_token_id in ids or None in ids:
+            raise ValueError(f"tokenizer lacks InternVL's image tokens {IMG_START}, {IMG_END}, {IMG_CONTEXT}")
+        self.img_start_id, self.img_end_id, self.img_context_id = ids
+        self._mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        self._std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+    @property
+    def tokens_per_tile(self) -> int:
+        return self.grid_side**2
+
+    # ---- images -------------------------------------------------------------------------------
+    def _normalise(self, im: Image.Image) -> torch.Tensor:
+        arr = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
+        return (arr - self._mean) / self._std
+
+    def image_input(self, image) -> ImageInput:
+        """One image (path, PIL or numpy) -> its tiles at the model's size."""
+        im = to_rgb(image)
+        s = self.image_size
+        rows, cols = tile_grid(im.width, im.height, self.max_tiles, s) if self.max_tiles > 1 else (1, 1)
+        big = im.resize((cols * s, rows * s), Image.BICUBIC)
+        tiles = [big.crop((c * s, r * s, (c + 1) * s, (r + 1) * s)) for r in range(rows) for c in range(cols)]
+        if self.use_thumbnail and len(tiles) > 1:
+            tiles.append(im.resize((s, s), Image.BICUBIC))
+        return ImageInput(torch.stack([self._normalise(t) for t in tiles]), (rows, cols), im.size)
+
+    def n_tiles(self, grid: tuple[int, int]) -> int:
+        n = grid[0] * grid[1]
+        return n + 1 if self.use_thumbnail and n > 1 else n
+
+    def mask_target(self, mask: np.ndarray) -> torch.Tensor:
+        """Ground truth (H, W) bool -> float target with short side ``loss_short_side`` (same aspect)."""
+        h, w = mask.shape
+        scale = self.loss_short_side / min(h, w)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        im = Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.BILINEAR)
+        return torch.from_numpy((np.asarray(im) >= 128).astype(np.float32))
+
+    # ---- text ---------------------------------------------------------------------------------
+    def seg_question(self, text: str, rng: random.Random | None = None) -> str:
+        """A segmentation question for an expression; full sentences get the sentence template."""
+        text = text.strip()
+        if not text:
+            raise ValueError("the expression is empty")
+        if text[-1] in ".?!" and len(text.split()) > 3:
+            return SENTENCE_QUESTION.format(x=text)
+        template = SEG_QUESTIONS[rng.randrange(len(SEG_QUESTIONS))] if rng else SEG_QUESTIONS[0]
+        if text.lower().startswith("the "):  # the templates already say "the {x}"
+            text = text[4:]
+        return template.format(x=text)
+
+    def seg_answer(self, rng: random.Random | None = None) -> str:
+        return SEG_ANSWERS[rng.randrange(len(SEG_ANSWERS))] if rng else INFERENCE_ANSWER
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def conversation(self, question: str, answer: str | None, n_tiles: int, close: bool = True) -> tuple[list[int], list[int]]:
+        """Token ids and labels for one user turn with the image and an optional assistant answer.
+        Labels cover only the answer (and its end-of-turn when ``close``)."""
+        prompt = (self._encode(f"{IM_START}user\n") + [self.img_start_id]
+                  + [self.img_context_id] * (n_tiles * self.tokens_per_tile) + [self.img_end_id]
+                  + self._encode(f"\n{question}{IM_END}\n{IM_START}assistant\n"))
+        if answer is None:
+            return prompt, [IGNORE_INDEX] * len(prompt)
+        ans = self._encode(answer + (f"{IM_END}\n" if close else ""))
+        return prompt + ans, [IGNORE_INDEX] * len(prompt) + ans
+
+    def collate(self, rows: Sequence[tuple[list[int], list[int]]], images: Sequence[ImageInput],
+                image_index: Sequence[int], mask_targets: Sequence[torch.Tensor | None] | None = None) -> Batch:
+        """Right-pad rows into a batch. Padding is marked by the attention mask only (labels -100)."""
+        length = max(len(ids) for ids, _ in rows)
+        input_ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+        attention = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, (ids, lab) in enumerate(rows):
+            input_ids[i, : len(ids)] = torch.tensor(ids)
+            labels[i, : len(lab)] = torch.tensor(lab)
+            attention[i, : len(ids)] = 1
+        return Batch(input_ids, attention, labels, torch.cat([im.pixel_values for im in images]),
+                     [im.grid for im in images], torch.tensor(list(image_index), dtype=torch.long),
+                     None if mask_targets is None else list(mask_targets))
+
+    def segmentation_batch(self, images: Sequence[ImageInput], texts: Sequence[str],
+                           image_index: Sequence[int] | None = None) -> Batch:
+        """Teacher-forced inference batch: each text asks for a mask of its image, answered "[SEG].".
+        Without ``image_index`` the i-th text belongs to the i-th image."""
+        image_index = list(range(len(texts))) if image_index is None else list(image_index)
+        rows = [self.conversation(self.seg_question(t), INFERENCE_ANSWER, self.n_tiles(images[i].grid), close=False)
+                for t, i in zip(texts, image_index)]
+        return self.collate(rows, images, image_index)
