@@ -1,0 +1,188 @@
+"""``report.json`` and ``report.md``: evaluation results with the protocol and software that made them.
+
+Schema (``schema_version`` 1; metric values are fractions in [0, 1], null where undefined)::
+
+    {
+      "format": "self1e-eval-report", "schema_version": 1,
+      "date": "2025-01-31T12:00:00+00:00",          # UTC, ISO 8601
+      "model": "runs/refshapes" | null,              # --model as given; null with --predictions
+      "predictions": "preds/" | null,                # --predictions folder; null with --model
+      "device": "cpu" | "cuda" | null, "world_size": 1, "batch_size": 8, "limit": null | int,
+      "protocol": {...},                             # every convention, in words (see PROTOCOL)
+      "software": {"self1e": "0.1.0", "torch": ..., "transformers": ..., "numpy": ..., "python": ...},
+      "throughput": {"samples": int, "seconds": float, "samples_per_s": float},   # all datasets
+      "datasets": {
+        "<key>": {                                   # short name, see dataset_key()
+          "spec": "refcoco:unc:val@/data",           # the --data value
+          "n": int, "cIoU": float, "gIoU": float,
+          "P@0.5": float, "P@0.6": ..., "P@0.7": ..., "P@0.8": ..., "P@0.9": ...,
+          "N_acc": float, "T_acc": float,            # only when the split has no-target samples
+          "kinds": {"<kind>": {same metric keys, no "kinds"}},   # only when samples carry a kind
+          "counts": {"n", "intersection", "union", "no_target", "no_target_pred_empty",
+                     "has_target", "has_target_pred_nonempty", "hits_P@0.5", ... : int},
+          "missing_predictions": int, "skipped_vqa": int,
+          "seconds": float, "samples_per_s": float,
+          "save_masks": str | null, "overlays": str | null
+        }
+      }
+    }
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+import re
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from self1e.eval.evaluate import EvalResult
+from self1e.eval.metrics import THRESHOLD_NAMES
+
+SCHEMA_VERSION = 1
+
+PROTOCOL: dict[str, Any] = {
+    "mask_from_model": "one teacher-forced pass; mask logits resized bilinearly to the original image "
+    "size, then thresholded at 0 (mask = logits > 0)",
+    "mask_from_predictions": "PNG <id>.png at the original image size, non-zero = foreground; a missing "
+    "file is an empty mask",
+    "compare_at": "original image size",
+    "cIoU": "total intersection / total union over the split (1.0 if the total union is 0)",
+    "gIoU": "mean per-sample IoU; a sample with an empty union (empty prediction, empty truth) counts as 1",
+    "precision": "P@X = share of has-target samples with IoU >= X (ReLA)",
+    "no_target": "N_acc = no-target samples predicted empty / no-target samples; T_acc = has-target "
+    "samples predicted non-empty / has-target samples (ReLA/GSVA, no smoothing term); "
+    "'predicted empty' = no foreground pixel outside the ignore region",
+    "ignore": "ignore-region pixels are removed from both prediction and truth before counting",
+    "reasonseg_text": "the first text of each image",
+    "vqa_samples": "skipped and counted (skipped_vqa)",
+    "values": "fractions in [0, 1]; report.md shows percentages",
+}
+
+
+def software_versions() -> dict[str, str]:
+    """Installed versions of the packages that decide the numbers."""
+    out = {}
+    for name in ("self1e", "torch", "transformers", "numpy", "pillow"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    out["python"] = platform.python_version()
+    return out
+
+
+def dataset_key(spec: str, taken: set[str] | None = None) -> str:
+    """A short, file-system safe name for a ``--data`` spec, unique among ``taken`` (updated).
+
+    ``refcoco:unc:val@/data`` -> ``refcoco_unc_val``; ``/x/refshapes/val.jsonl`` -> ``val`` (or
+    ``refshapes_val`` if ``val`` is taken, then ``val_2``, ...).
+    """
+    taken = set() if taken is None else taken
+    if "@" in spec and not Path(spec).exists():
+        candidates = [spec.split("@", 1)[0].replace(":", "_")]
+    else:
+        p = Path(spec)
+        candidates = [p.stem, f"{p.parent.name}_{p.stem}" if p.parent.name else p.stem]
+    candidates = [re.sub(r"[^A-Za-z0-9._+-]+", "_", c).strip("._") or "data" for c in candidates]
+    key = next((c for c in candidates if c not in taken), None)
+    i = 2
+    while key is None:
+        key = f"{candidates[0]}_{i}" if f"{candidates[0]}_{i}" not in taken else None
+        i += 1
+    taken.add(key)
+    return key
+
+
+def dataset_entry(
+    spec: str,
+    result: EvalResult,
+    *,
+    save_masks: str | Path | None = None,
+    overlays: str | Path | None = None,
+) -> dict[str, Any]:
+    """One ``datasets[<key>]`` entry of the report."""
+    entry: dict[str, Any] = {"spec": spec}
+    entry.update(result.metrics)
+    entry["counts"] = result.accumulator.counts()
+    entry["missing_predictions"] = result.missing_predictions
+    entry["skipped_vqa"] = result.skipped_vqa
+    entry["seconds"] = round(result.seconds, 4)
+    entry["samples_per_s"] = round(result.samples_per_s, 3) if result.n else None
+    entry["save_masks"] = str(save_masks) if save_masks is not None else None
+    entry["overlays"] = str(overlays) if overlays is not None else None
+    return entry
+
+
+def build_report(
+    datasets: dict[str, dict[str, Any]],
+    *,
+    model: str | None = None,
+    predictions: str | None = None,
+    device: str | None = None,
+    world_size: int = 1,
+    batch_size: int | None = None,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """The whole report (see the module docstring for the schema)."""
+    n = sum(d["n"] for d in datasets.values())
+    seconds = sum(d["seconds"] for d in datasets.values())
+    return {
+        "format": "self1e-eval-report",
+        "schema_version": SCHEMA_VERSION,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": model,
+        "predictions": predictions,
+        "device": device,
+        "world_size": world_size,
+        "batch_size": batch_size,
+        "limit": limit,
+        "protocol": dict(PROTOCOL),
+        "software": software_versions(),
+        "throughput": {
+            "samples": n,
+            "seconds": round(seconds, 4),
+            "samples_per_s": round(n / seconds, 3) if seconds > 0 else None,
+        },
+        "datasets": datasets,
+    }
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """The report as a markdown table (percentages), one row per dataset and one per kind."""
+    datasets = report["datasets"]
+    with_nt = any("N_acc" in d for d in datasets.values())
+    cols = ["cIoU", "gIoU", *THRESHOLD_NAMES] + (["N_acc", "T_acc"] if with_nt else [])
+    source = report.get("model") or f"predictions {report.get('predictions')}"
+    lines = [
+        f"Evaluation of {source} ({report['date']}); values in %.",
+        "",
+        "| dataset | n | " + " | ".join(c.replace("_", "-") for c in cols) + " |",
+        "|---|---:|" + "---:|" * len(cols),
+    ]
+    for key, d in datasets.items():
+        rows = [(key, d)] + [(f"{key} / {k}", sub) for k, sub in d.get("kinds", {}).items()]
+        for name, m in rows:
+            cells = [_pct(m.get(c)) if c in m else "-" for c in cols]
+            lines.append(f"| {name} | {m['n']} | " + " | ".join(cells) + " |")
+    thr = report.get("throughput", {})
+    if thr.get("samples_per_s"):
+        lines += ["", f"{thr['samples']} samples in {thr['seconds']:.1f} s ({thr['samples_per_s']:.2f} samples/s)."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict[str, Any], path: str | Path) -> tuple[Path, Path]:
+    """Write ``path`` (JSON) and the markdown table next to it (same stem, ``.md``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    md = path.with_suffix(".md")
+    if md == path:  # --out report.md: keep both files
+        md = path.with_name(path.name + ".md")
+    md.write_text(markdown_table(report), encoding="utf-8")
+    return path, md
