@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars for a 10 MB model are noise
     try:
         return int(args.run(args) or 0)
     except (ValueError, OSError, KeyError) as e:

@@ -1,0 +1,196 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from self1e.model import Self1eConfig, Self1eModel
+from self1e.model.head import MaskHead
+from self1e.model.tiny import build_tiny_base
+
+TEXTS = ["the red circle", "all the blue boxes on the left"]
+
+
+def make(mask_head="rfa", seg_attention="bidirectional", max_tiles=1, seed=0):
+    base, tok = build_tiny_base("tiny", seed=seed)
+    return Self1eModel.from_base(base, tok, Self1eConfig(mask_head=mask_head, seg_attention=seg_attention, max_tiles=max_tiles))
+
+
+def image(w=56, h=56, seed=0):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+def seg_batch(model, texts=TEXTS, im=None):
+    p = model.processor
+    return p.segmentation_batch([p.image_input(im or image())], texts, [0] * len(texts))
+
+
+@pytest.mark.parametrize("rung,side", [("compressed", 4), ("hq", 8), ("rfr", 8), ("rfa", 16)])
+def test_output_grid_per_rung(rung, side):
+    model = make(rung).eval()
+    assert model.processor.grid_side == 4  # 56 px / patch 7 / pixel shuffle 2
+    out = model(seg_batch(model))
+    assert [tuple(x.shape) for x in out.mask_logits] == [(side, side)] * 2
+
+
+@pytest.mark.parametrize("rung,scale", [("compressed", 1), ("rfr", 2), ("rfa", 4)])
+def test_non_square_multi_tile_grid(rung, scale):
+    model = make(rung, max_tiles=6).eval()
+    p = model.processor
+    wide = p.image_input(image(w=168, h=56))  # aspect 3:1 -> 1 x 3 tiles + thumbnail
+    assert wide.grid == (1, 3) and wide.pixel_values.shape[0] == 4
+    tall = p.image_input(image(w=56, h=112))  # 1:2 -> 2 x 1 tiles + thumbnail
+    assert tall.grid == (2, 1)
+    batch = p.segmentation_batch([wide, tall], TEXTS)
+    out = model(batch)
+    assert tuple(out.mask_logits[0].shape) == (4 * scale, 12 * scale)
+    assert tuple(out.mask_logits[1].shape) == (8 * scale, 4 * scale)
+
+
+def test_stitched_features_follow_tile_layout():
+    """A multi-tile image's stitched map equals the single-tile features placed side by side."""
+    model = make("rfa", max_tiles=2).eval()
+    p = model.processor
+    wide = p.image_input(image(w=112, h=56))
+    feats = model.encode_images(wide.pixel_values, [wide.grid])
+    left = model.encode_images(wide.pixel_values[:1], [(1, 1)])
+    right = model.encode_images(wide.pixel_values[1:2], [(1, 1)])
+    assert torch.allclose(feats.f_v1[0], torch.cat([left.f_v1[0], right.f_v1[0]], dim=1))
+    assert torch.allclose(feats.f_v1_hq[0], torch.cat([left.f_v1_hq[0], right.f_v1_hq[0]], dim=1))
+
+
+def test_causal_lm_logits_equal_plain_transformers_forward():
+    model = make(seg_attention="causal").eval()
+    batch = seg_batch(model)
+    assert batch.attention_mask[0].sum() != batch.attention_mask[1].sum()  # really padded
+    with torch.no_grad():
+        ours = model(batch, return_lm_logits=True).lm_logits
+        theirs = model.base(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                            pixel_values=torch.cat([batch.pixel_values] * 2)).logits
+    valid = batch.attention_mask.bool()
+    assert torch.allclose(ours[valid], theirs[valid], atol=1e-5)
+
+
+def image_token_states(model, texts):
+    batch = seg_batch(model, texts)
+    with torch.no_grad():
+        feats = model.encode_images(batch.pixel_values, batch.grids)
+        embeds = model._embed(batch.input_ids, feats, batch.image_index)
+        hidden = model._llm(embeds, batch.input_ids, batch.attention_mask, model.config.seg_attention == "bidirectional")
+    return hidden[batch.input_ids == model.image_token_id].reshape(len(texts), -1, hidden.shape[-1])
+
+
+def test_bidirectional_image_features_depend_on_the_expression():
+    states = image_token_states(make("rfa", "bidirectional").eval(), ["the red circle", "the green star"])
+    assert not torch.allclose(states[0], states[1], atol=1e-4)
+    causal = image_token_states(make("rfa", "causal").eval(), ["the red circle", "the green star"])
+    assert torch.equal(causal[0], causal[1])
+
+
+def test_sdpa_and_eager_agree_under_the_seg_mask(tiny_model_dir):
+    a = Self1eModel.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    b = Self1eModel.from_pretrained(tiny_model_dir, attn_implementation="eager")
+    assert b.base.config.text_config._attn_implementation == "eager"
+    batch = seg_batch(a)
+    with torch.no_grad():
+        oa, ob = a(batch, return_lm_logits=True), b(batch, return_lm_logits=True)
+    for x, y in zip(oa.mask_logits, ob.mask_logits):
+        assert torch.allclose(x, y, atol=1e-5)
+    valid = batch.attention_mask.bool()
+    assert torch.allclose(oa.lm_logits[valid], ob.lm_logits[valid], atol=1e-5)
+
+
+def test_gradients_reach_heads_projector_and_llm():
+    model = make("rfa").train()
+    p = model.processor
+    im = p.image_input(image())
+    rows = [p.conversation(p.seg_question("the red circle"), "Sure, [SEG].", 1)]
+    target = p.mask_target(np.pad(np.ones((20, 20), bool), 18))
+    out = model(p.collate(rows, [im], [0], [target]))
+    assert out.lm_loss is not None and out.mask_loss is not None and len(out.aux_logits) == 1
+    out.loss.backward()
+    for name, param in [("f_pus", model.head.f_pus.net[0].weight), ("f_pus_llm", model.head.f_pus_llm.net[2].weight),
+                        ("g", model.head.g.net[2].weight),
+                        ("projector", model.base.model.multi_modal_projector.linear_1.weight),
+                        ("vision", model.base.model.vision_tower.embeddings.patch_embeddings.projection.weight),
+                        ("llm", model.base.model.language_model.layers[0].self_attn.q_proj.weight)]:
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_folded_dot_product_equals_direct():
+    torch.manual_seed(0)
+    head = MaskHead(16, "rfa")
+    x, s = torch.randn(3, 5, 7, 16), torch.randn(3, 16)
+    direct = torch.einsum("nhwc,nc->nhw", head.g(x), s) / 4.0
+    assert torch.allclose(head.dot_g(x, s), direct, atol=1e-5)
+
+
+def test_rfa_head_matches_the_specification():
+    """The full rfa computation written out step by step from the design."""
+    from self1e.model.pixel_shuffle import pixel_unshuffle as pus
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    c = 8
+    head = MaskHead(c, "rfa")
+    f_img, f_v1, hq, h_seg = torch.randn(2, 3, 5, c), torch.randn(2, 3, 5, c), torch.randn(2, 6, 10, c), torch.randn(2, c)
+    up = lambda t: F.interpolate(t.permute(0, 3, 1, 2), scale_factor=2, mode="bilinear").permute(0, 2, 3, 1)  # noqa: E731
+    f_rfa = pus(head.f_pus_llm(f_img) - head.f_pus(f_v1))
+    feats = head.g(pus(head.f_pus(hq)) + up(f_rfa))
+    seg = head.g(head.f_pus_llm(h_seg).reshape(2, 4, c).mean(1))
+    expected = (feats * seg[:, None, None]).sum(-1) / c**0.5
+    aux = (pus(head.f_pus_llm(f_img)) * seg[:, None, None]).sum(-1) / c**0.5
+    out = head(f_img, h_seg, f_v1, hq, with_aux=True)
+    assert out.logits.shape == (2, 12, 20)
+    assert torch.allclose(out.logits, expected, atol=1e-5) and torch.allclose(out.aux_logits, aux, atol=1e-5)
+
+
+def test_save_load_round_trip_is_exact(tmp_path):
+    model = make("rfr", "causal", seed=3).eval()
+    model.save_pretrained(tmp_path)
+    assert not list(tmp_path.glob("*.bin")) and not list(tmp_path.glob("*.pt"))
+    loaded = Self1eModel.from_pretrained(tmp_path)
+    assert loaded.config == model.config and loaded.seg_token_id == model.seg_token_id
+    sa, sb = model.state_dict(), loaded.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    batch = seg_batch(model)
+    with torch.no_grad():
+        assert all(torch.equal(x, y) for x, y in zip(model(batch).mask_logits, loaded(batch).mask_logits))
+
+
+def test_plain_internvl_folder_loads_and_gets_seg(plain_internvl_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(plain_internvl_dir)
+    assert "[SEG]" not in tok.get_vocab()
+    model = Self1eModel.from_pretrained(plain_internvl_dir, config=Self1eConfig(mask_head="hq"))
+    assert model.seg_token_id == len(tok)
+    assert model.base.get_input_embeddings().num_embeddings == len(tok) + 1
+    assert model.base.get_output_embeddings().weight.shape[0] == len(tok) + 1
+    assert model.base.get_input_embeddings().weight.data_ptr() != model.base.lm_head.weight.data_ptr()
+    assert model.tokenizer("Sure, [SEG].", add_special_tokens=False)["input_ids"].count(model.seg_token_id) == 1
+    assert model.config.mask_head == "hq"
+
+
+def test_truncated_checkpoint_is_a_clear_error(tiny_model_dir, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ValueError, match="model.safetensors|cannot load"):
+        Self1eModel.from_pretrained(broken)
+    head = tmp_path / "nohead"
+    shutil.copytree(tiny_model_dir, head)
+    (head / "mask_head.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="mask_head.safetensors"):
+        Self1eModel.from_pretrained(head)
+    with pytest.raises(ValueError, match="not found"):
+        Self1eModel.from_pretrained(tmp_path / "missing")
+
+
+def test_bad_config_values_are_rejected():
+    with pytest.raises(ValueError, match="mask_head"):
+        Self1eConfig(mask_head="sam")
+    with pytest.raises(ValueError, match="seg_attention"):
+        Self1eConfig(seg_attention="full")
