@@ -52,6 +52,7 @@ class Sample:
 
     ``mask`` None means "no target" (the ground truth is an empty mask).
     ``where`` names the origin for error messages, e.g. ``"data/val.jsonl:12"``.
+    ``instances`` (optional) holds one mask per target object of a multi-target expression.
     """
 
     id: str
@@ -63,6 +64,8 @@ class Sample:
     question: str | None = None
     answer: str | None = None
     where: str = ""
+    # Optional per-instance masks whose union is ``mask`` (multi-target expressions).
+    instances: tuple[MaskSource, ...] | None = None
 
     @property
     def is_vqa(self) -> bool:
