@@ -35,17 +35,21 @@ def _rows_and_preds(n: int = 11, seed: int = 0):
     return rows, preds, sizes
 
 
-def _run(rank: int, tmp: str, world: int) -> None:
+def _run(rank: int, tmp: str, world: int, preds: str) -> None:
     tmp_path = Path(tmp)
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=rank, world_size=world)
+    store = tmp_path / f"store_{preds}"
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         rows, _, _ = _rows_and_preds()
         samples = samples_of(tmp_path / "data", rows)
-        res = evaluate(FolderSource(tmp_path / "preds"), samples, batch_size=2, progress=False,
-                       save_masks=tmp_path / "out2" / "masks", overlays=4, overlay_dir=tmp_path / "out2" / "ov")
-        out = {"metrics": res.metrics, "state": res.accumulator.state_dict(), "world": res.world_size,
-               "missing": res.missing_predictions}
-        (tmp_path / f"rank{rank}.json").write_text(json.dumps(out))
+        try:
+            res = evaluate(FolderSource(tmp_path / preds), samples, batch_size=2, progress=False,
+                           save_masks=tmp_path / "out2" / "masks", overlays=4, overlay_dir=tmp_path / "out2" / "ov")
+            out = {"metrics": res.metrics, "state": res.accumulator.state_dict(), "world": res.world_size,
+                   "missing": res.missing_predictions}
+        except ValueError as e:
+            out = {"error": f"{type(e).__name__}: {e}"}
+        (tmp_path / f"{preds}_rank{rank}.json").write_text(json.dumps(out))
     finally:
         dist.destroy_process_group()
 
@@ -64,10 +68,10 @@ def test_two_process_sharded_eval_equals_one_process(tmp_path):
     assert single.world_size == 1 and single.n == 11 and single.missing_predictions == 2
     assert 0 < single.metrics["cIoU"] < 1 and "N_acc" in single.metrics  # a non-trivial case
 
-    mp.spawn(_run, args=(str(tmp_path), 2), nprocs=2, join=True)
+    mp.spawn(_run, args=(str(tmp_path), 2, "preds"), nprocs=2, join=True)
 
     for rank in (0, 1):  # every rank holds the full, exact result
-        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        got = json.loads((tmp_path / f"preds_rank{rank}.json").read_text())
         assert got["world"] == 2 and got["missing"] == 2
         assert got["state"] == json.loads(json.dumps(single.accumulator.state_dict()))
         assert got["metrics"] == json.loads(json.dumps(single.metrics))  # bit for bit
@@ -75,3 +79,16 @@ def test_two_process_sharded_eval_equals_one_process(tmp_path):
     assert _files(tmp_path / "out2" / "masks") == _files(tmp_path / "out1" / "masks")
     assert list(_files(tmp_path / "out2" / "ov")) == list(_files(tmp_path / "out1" / "ov"))
     assert len(_files(tmp_path / "out1" / "ov")) == 4
+
+
+def test_an_error_on_one_rank_reaches_every_rank_without_hanging(tmp_path):
+    rows, preds, sizes = _rows_and_preds()
+    write_dataset(tmp_path / "data", rows)
+    write_predictions(tmp_path / "bad", preds, sizes)
+    w, h = sizes["img01"]  # sample 1 belongs to rank 1
+    write_predictions(tmp_path / "bad", {"img01": None}, (w + 1, h))
+    mp.spawn(_run, args=(str(tmp_path), 2, "bad"), nprocs=2, join=True)
+    own = json.loads((tmp_path / "bad_rank1.json").read_text())["error"]
+    other = json.loads((tmp_path / "bad_rank0.json").read_text())["error"]
+    assert own.startswith("DataError:") and "img01.png" in own
+    assert other.startswith("ValueError: evaluation failed on rank 1: DataError:") and "img01.png" in other

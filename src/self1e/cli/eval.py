@@ -4,7 +4,8 @@
     self1e eval --predictions DIR --data SPEC --out report.json
 
 Writes ``report.json`` and ``report.md`` (schema: ``self1e.eval.report``) and prints the table.
-Runs sharded under ``torchrun`` / ``accelerate launch``; the result equals a one-process run.
+Runs sharded under ``torchrun --no-python self1e eval ...`` (or ``accelerate launch``); the result
+equals a one-process run bit for bit.
 """
 from __future__ import annotations
 

@@ -214,9 +214,10 @@ def evaluate(
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
+    rank, world = dist_rank_world()
     evaluable = [s for s in samples if s.text is not None]
     skipped_vqa = len(samples) - len(evaluable)
-    if skipped_vqa:
+    if skipped_vqa and rank == 0:
         logger.info("%s: skipped %d VQA samples (no mask to evaluate)", desc, skipped_vqa)
     evaluable = evaluable[:limit] if limit is not None else evaluable
     if save_masks is not None or isinstance(source, FolderSource):
@@ -229,16 +230,46 @@ def evaluate(
         if d is not None:
             d.mkdir(parents=True, exist_ok=True)
 
-    rank, world = dist_rank_world()
     missing_before = getattr(source, "missing", 0)
-    mine = list(range(rank, len(evaluable), world))
     acc = IoUAccumulator()
-    bar = tqdm(total=len(mine), desc=desc, unit="sample", disable=not progress or rank != 0)
     start = time.perf_counter()
-    for b in range(0, len(mine), batch_size):
+    error: Exception | None = None
+    try:
+        _run_shard(source, evaluable, range(rank, len(evaluable), world), acc, batch_size=batch_size,
+                   save_dir=save_dir, draw_dir=draw_dir, overlays=overlays,
+                   progress=progress and rank == 0, desc=desc)
+    except Exception as e:  # noqa: BLE001 - re-raised below, after the other ranks have been told
+        if world == 1:
+            raise
+        error = e
+    seconds = time.perf_counter() - start
+    missing = getattr(source, "missing", 0) - missing_before
+    if world > 1:
+        acc, seconds, missing = _reduce_across_ranks(acc, seconds, missing, error)
+    if missing and rank == 0:
+        logger.warning("%s: %d of %d predictions missing, counted as empty masks", desc, missing, acc.n)
+    return EvalResult(acc, seconds, world, missing, skipped_vqa)
+
+
+def _run_shard(
+    source: MaskSource,
+    samples: Sequence[Sample],
+    indices: Sequence[int],
+    acc: IoUAccumulator,
+    *,
+    batch_size: int,
+    save_dir: Path | None,
+    draw_dir: Path | None,
+    overlays: int,
+    progress: bool,
+    desc: str,
+) -> None:
+    """Predict, score and (optionally) save/draw ``samples[i]`` for i in ``indices``, in batches."""
+    bar = tqdm(total=len(indices), desc=desc, unit="sample", disable=not progress)
+    for b in range(0, len(indices), batch_size):
         items = []
-        for i in mine[b : b + batch_size]:
-            s = evaluable[i]
+        for i in indices[b : b + batch_size]:
+            s = samples[i]
             want_image = source.needs_images or (draw_dir is not None and i < overlays)
             image = s.load_image() if want_image else None
             items.append(EvalItem(i, s, image.size if image is not None else _image_size(s), image))
@@ -251,29 +282,33 @@ def evaluate(
                 _save_mask(pred, save_dir / mask_filename(s.id))
             if draw_dir is not None and it.index < overlays:
                 image = it.image if it.image is not None else s.load_image()
-                picture = overlay(image, pred, s.text, gt=gt)
-                picture.save(draw_dir / f"{it.index:05d}_{mask_filename(s.id)}")
+                overlay(image, pred, s.text, gt=gt).save(draw_dir / f"{it.index:05d}_{mask_filename(s.id)}")
         bar.update(len(items))
         if acc.ciou is not None:
             bar.set_postfix(cIoU=f"{100 * acc.ciou:.2f}")
     bar.close()
-    seconds = time.perf_counter() - start
-    missing = getattr(source, "missing", 0) - missing_before
-    if world > 1:
-        acc, seconds, missing = _reduce_across_ranks(acc, seconds, missing)
-    if missing:
-        logger.warning("%s: %d of %d predictions missing, counted as empty masks", desc, missing, acc.n)
-    return EvalResult(acc, seconds, world, missing, skipped_vqa)
 
 
-def _reduce_across_ranks(acc: IoUAccumulator, seconds: float, missing: int) -> tuple[IoUAccumulator, float, int]:
+def _reduce_across_ranks(
+    acc: IoUAccumulator, seconds: float, missing: int, error: Exception | None
+) -> tuple[IoUAccumulator, float, int]:
     """Gather every rank's exact state and merge them (on every rank). The accumulator's sums are
-    integers, so the merged result does not depend on the shard layout or the merge order."""
+    integers, so the merged result does not depend on the shard layout or the merge order.
+
+    A rank that failed still joins the gather (carrying its error), so no rank waits forever: the
+    failed rank re-raises its own exception, the others raise a ValueError naming it.
+    """
     import torch.distributed as dist
 
-    payload = {"state": acc.state_dict(), "seconds": seconds, "missing": missing}
+    payload = {"state": acc.state_dict(), "seconds": seconds, "missing": missing,
+               "error": None if error is None else f"{type(error).__name__}: {error}"}
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, payload)
+    if error is not None:
+        raise error
+    failed = [(r, p["error"]) for r, p in enumerate(gathered) if p["error"] is not None]
+    if failed:
+        raise ValueError(f"evaluation failed on rank {failed[0][0]}: {failed[0][1]}")
     total = IoUAccumulator()
     for part in gathered:  # rank order
         total.merge(IoUAccumulator.from_state_dict(part["state"]))

@@ -7,10 +7,11 @@ Schema (``schema_version`` 1; metric values are fractions in [0, 1], null where 
       "date": "2025-01-31T12:00:00+00:00",          # UTC, ISO 8601
       "model": "runs/refshapes" | null,              # --model as given; null with --predictions
       "predictions": "preds/" | null,                # --predictions folder; null with --model
-      "device": "cpu" | "cuda" | null, "world_size": 1, "batch_size": 8, "limit": null | int,
+      "device": "cpu" | "cuda:0" | null, "world_size": 1, "batch_size": 8, "limit": null | int,
       "protocol": {...},                             # every convention, in words (see PROTOCOL)
       "software": {"self1e": "0.1.0", "torch": ..., "transformers": ..., "numpy": ..., "python": ...},
-      "throughput": {"samples": int, "seconds": float, "samples_per_s": float},   # all datasets
+      "throughput": {"samples": int, "seconds": float, "samples_per_s": float},   # all datasets;
+                                                     # loop time (load, predict, score), no model load
       "datasets": {
         "<key>": {                                   # short name, see dataset_key()
           "spec": "refcoco:unc:val@/data",           # the --data value
@@ -21,7 +22,7 @@ Schema (``schema_version`` 1; metric values are fractions in [0, 1], null where 
           "counts": {"n", "intersection", "union", "no_target", "no_target_pred_empty",
                      "has_target", "has_target_pred_nonempty", "hits_P@0.5", ... : int},
           "missing_predictions": int, "skipped_vqa": int,
-          "seconds": float, "samples_per_s": float,
+          "seconds": float, "samples_per_s": float,  # slowest rank's loop time
           "save_masks": str | null, "overlays": str | null
         }
       }
@@ -172,7 +173,7 @@ def markdown_table(report: dict[str, Any]) -> str:
             lines.append(f"| {name} | {m['n']} | " + " | ".join(cells) + " |")
     thr = report.get("throughput", {})
     if thr.get("samples_per_s"):
-        lines += ["", f"{thr['samples']} samples in {thr['seconds']:.1f} s ({thr['samples_per_s']:.2f} samples/s)."]
+        lines += ["", f"{thr['samples']} samples in {thr['seconds']:.2f} s ({thr['samples_per_s']:.2f} samples/s)."]
     return "\n".join(lines) + "\n"
 
 
