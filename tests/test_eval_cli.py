@@ -189,3 +189,31 @@ def test_several_datasets_limit_and_per_dataset_folders(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "m" / "two_val").iterdir()) == ["s3.png", "s4.png"]
     assert rep["throughput"]["samples"] == 4
     assert read_mask_png(tmp_path / "m" / "two_val" / "s4.png").sum() == 0
+
+
+def test_dataset_keys_are_short_and_unique(tmp_path):
+    from self1e.eval.report import dataset_key
+
+    taken: set[str] = set()
+    assert dataset_key("refcoco:unc:val@/data", taken) == "refcoco_unc_val"
+    assert dataset_key("grefcoco:unc:testA@/data", taken) == "grefcoco_unc_testA"
+    assert dataset_key("/x/refshapes/val.jsonl", taken) == "val"
+    assert dataset_key("/y/refshapes/val.jsonl", taken) == "refshapes_val"
+    assert dataset_key("/z/refshapes/val.jsonl", taken) == "val_2"
+
+
+def test_overlay_draws_mask_truth_and_caption():
+    from self1e.eval.overlay import GREEN, overlay
+
+    image = Image.new("RGB", (40, 30), (0, 0, 255))
+    pred = rect_mask((40, 30), (5, 25, 5, 20))
+    gt = rect_mask((40, 30), (10, 20, 25, 35))
+    plain = np.asarray(overlay(image, pred, gt=gt))
+    assert plain.shape == (30, 40, 3)
+    assert plain[15, 12, 0] > 100 and plain[15, 12, 2] < 255  # tinted red inside the prediction
+    assert tuple(plain[28, 38]) == (0, 0, 255)  # untouched outside
+    assert tuple(plain[10, 30]) == GREEN  # truth outline
+    captioned = overlay(image, pred, "the box on the left")
+    assert captioned.width == 40 and captioned.height > 30
+    with pytest.raises(ValueError, match="height, width"):
+        overlay(image, np.zeros((40, 30), bool))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -118,15 +118,14 @@ class EvalResult:
     world_size: int = 1
     missing_predictions: int = 0
     skipped_vqa: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
         return self.accumulator.n
 
     @property
-    def samples_per_s(self) -> float:
-        return self.n / self.seconds if self.seconds > 0 else float("nan")
+    def samples_per_s(self) -> float | None:
+        return self.n / self.seconds if self.n and self.seconds > 0 else None
 
     @property
     def metrics(self) -> dict[str, Any]:

@@ -110,7 +110,7 @@ def dataset_entry(
     entry["missing_predictions"] = result.missing_predictions
     entry["skipped_vqa"] = result.skipped_vqa
     entry["seconds"] = round(result.seconds, 4)
-    entry["samples_per_s"] = round(result.samples_per_s, 3) if result.n else None
+    entry["samples_per_s"] = None if result.samples_per_s is None else round(result.samples_per_s, 3)
     entry["save_masks"] = str(save_masks) if save_masks is not None else None
     entry["overlays"] = str(overlays) if overlays is not None else None
     return entry
