@@ -1,0 +1,82 @@
+"""``load_dataset(spec)``: the one entry point that evaluation and training use to get Samples.
+
+Spec grammar (``ROOT`` is the DATA.md section 3 root folder)::
+
+    PATH.jsonl                                a JSONL file (DATA.md section 1)
+    refcoco[:SPLITBY]:SPLIT@ROOT              e.g. refcoco:unc:val@/data   (SPLITBY default unc)
+    refcoco+[:SPLITBY]:SPLIT@ROOT             e.g. refcoco+:unc:testA@/data
+    refcocog[:SPLITBY]:SPLIT@ROOT             e.g. refcocog:umd:test@/data (SPLITBY default umd)
+    refclef[:SPLITBY]:SPLIT@ROOT              e.g. refclef:unc:val@/data
+    grefcoco[:SPLITBY]:SPLIT@ROOT             e.g. grefcoco:unc:testA@/data
+    reasonseg:SPLIT[:all]@ROOT                first text per image; ``:all`` = every text
+    semseg:SPLIT@ROOT                         ADE20K under ROOT/ade20k, e.g. semseg:validation@/data
+    vqa:LLAVA_JSON@IMAGE_ROOT                 LLaVA-Instruct conversations as VQA samples
+    refshapes:SPLIT:N[:SEED[:SIZE]]           RefShapes generated in memory (no files)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from self1e.data.refer import DATASETS as REFER_DATASETS, load_refer
+from self1e.data.sample import DataError, Sample
+
+NAMES = (*REFER_DATASETS, "reasonseg", "semseg", "vqa", "refshapes")
+GRAMMAR = __doc__.split("::", 1)[1].rstrip()
+
+
+def _bad(spec: str, why: str) -> DataError:
+    return DataError(f"bad dataset spec {spec!r}: {why}\nSpec grammar:{GRAMMAR}")
+
+
+def _int(spec: str, value: str, what: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise _bad(spec, f"{what} must be an integer, got {value!r}") from None
+
+
+def load_dataset(spec: str) -> list[Sample]:
+    """Load the Samples named by ``spec`` (see the module docstring for the grammar)."""
+    name, colon, rest = spec.partition(":")
+    if not colon or name not in NAMES:
+        path = Path(spec)
+        if path.suffix == ".jsonl" or path.is_file():
+            from self1e.data.jsonl import read_jsonl
+            return read_jsonl(path)
+        if colon and "@" in spec:
+            raise _bad(spec, f"unknown dataset name {name!r}; known: {', '.join(NAMES)}")
+        raise DataError(f"dataset not found: {spec!r} is neither a JSONL file nor a spec like "
+                        f"'refcoco:unc:val@ROOT'.\nSpec grammar:{GRAMMAR}")
+    if name == "refshapes":
+        from self1e.data.refshapes import iter_samples
+        parts = rest.split(":")
+        if not 2 <= len(parts) <= 4:
+            raise _bad(spec, "expected refshapes:SPLIT:N[:SEED[:SIZE]]")
+        split, n = parts[0], _int(spec, parts[1], "N")
+        seed = _int(spec, parts[2], "SEED") if len(parts) > 2 else 0
+        size = _int(spec, parts[3], "SIZE") if len(parts) > 3 else 224
+        return list(iter_samples(split, seed, n, size))
+    body, at, root = rest.partition("@")
+    if not at or not root:
+        raise _bad(spec, f"missing '@ROOT' (the folder that holds the {name} data)")
+    parts = body.split(":")
+    if name == "vqa":
+        from self1e.data.vqa import load_llava
+        return load_llava(body, root)
+    if not Path(root).is_dir():
+        raise DataError(f"dataset root folder not found: {root} (from spec {spec!r})")
+    if name in REFER_DATASETS:
+        if len(parts) == 1:
+            return load_refer(root, name, parts[0])
+        if len(parts) == 2:
+            return load_refer(root, name, parts[1], split_by=parts[0])
+        raise _bad(spec, f"expected {name}[:SPLITBY]:SPLIT@ROOT")
+    if name == "reasonseg":
+        from self1e.data.reasonseg import load_reasonseg
+        if len(parts) == 2 and parts[1] != "all" or len(parts) > 2:
+            raise _bad(spec, "expected reasonseg:SPLIT[:all]@ROOT")
+        return load_reasonseg(root, parts[0], all_texts=len(parts) == 2)
+    from self1e.data.semseg import load_semseg
+    if len(parts) != 1:
+        raise _bad(spec, "expected semseg:SPLIT@ROOT")
+    return load_semseg(root, parts[0])

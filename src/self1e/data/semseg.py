@@ -1,0 +1,88 @@
+"""ADE20K-style semantic segmentation as referring samples ("segment the {class}").
+
+Layout: ``ROOT/ade20k/images/<split>/<name>.jpg`` and ``ROOT/ade20k/annotations/<split>/<name>.png``
+(uint8 or uint16 label maps). Label 0 is "other/unlabelled" in ADE20K: it is never a class, and its
+pixels form each sample's ``ignore`` mask (left out of the metric, as the ADE20K benchmark does).
+Label k >= 1 is ``classes[k - 1]``: the 150 ADE20K (SceneParsing) class names by default, or one name
+per line from ``ROOT/ade20k/classes.txt`` when that file exists. One Sample per class present.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from self1e.data.sample import DataError, Sample
+
+log = logging.getLogger(__name__)
+
+ADE20K_CLASSES = tuple("""wall|building|sky|floor|tree|ceiling|road|bed|windowpane|grass|cabinet|
+sidewalk|person|earth|door|table|mountain|plant|curtain|chair|car|water|painting|sofa|shelf|house|
+sea|mirror|rug|field|armchair|seat|fence|desk|rock|wardrobe|lamp|bathtub|railing|cushion|base|box|
+column|signboard|chest of drawers|counter|sand|sink|skyscraper|fireplace|refrigerator|grandstand|
+path|stairs|runway|case|pool table|pillow|screen door|stairway|river|bridge|bookcase|blind|
+coffee table|toilet|flower|book|hill|bench|countertop|stove|palm|kitchen island|computer|
+swivel chair|boat|bar|arcade machine|hovel|bus|towel|light|truck|tower|chandelier|awning|
+streetlight|booth|television receiver|airplane|dirt track|apparel|pole|land|bannister|escalator|
+ottoman|bottle|buffet|poster|stage|van|ship|fountain|conveyer belt|canopy|washer|plaything|
+swimming pool|stool|barrel|basket|waterfall|tent|bag|minibike|cradle|oven|ball|food|step|tank|
+trade name|microwave|pot|animal|bicycle|lake|dishwasher|screen|blanket|sculpture|hood|sconce|vase|
+traffic light|tray|ashcan|fan|pier|crt screen|plate|monitor|bulletin board|shower|radiator|glass|
+clock|flag""".replace("\n", "").split("|"))
+assert len(ADE20K_CLASSES) == 150
+TEMPLATE = "segment the {}"
+
+
+def read_label_map(path: Path) -> np.ndarray:
+    """(H, W) integer label map from a uint8 or uint16 PNG."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(im if im.mode in ("L", "P", "I", "I;16") else im.convert("L")).astype(
+                np.int64)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"cannot read label map {path}: {e}") from None
+
+
+def _lazy(path: Path, select: Callable[[np.ndarray], np.ndarray]) -> Callable[[], np.ndarray]:
+    return lambda: select(read_label_map(path))
+
+
+def load_semseg(root: str | Path, split: str, classes: Sequence[str] | None = None,
+                template: str = TEMPLATE) -> list[Sample]:
+    """One Sample per (image, class present); ids are ``<name>_<label>``.
+
+    Every label map is decoded once here to find the classes present; masks are decoded again lazily.
+    """
+    base = Path(root) / "ade20k"
+    image_dir, ann_dir = base / "images" / split, base / "annotations" / split
+    for d in (image_dir, ann_dir):
+        if not d.is_dir():
+            raise DataError(f"ADE20K folder not found: {d}")
+    if classes is None:
+        names_file = base / "classes.txt"
+        classes = ([c.strip() for c in names_file.read_text(encoding="utf-8").splitlines() if c.strip()]
+                   if names_file.is_file() else ADE20K_CLASSES)
+    samples: list[Sample] = []
+    for ann in sorted(ann_dir.glob("*.png")):
+        image = next((p for p in (image_dir / f"{ann.stem}{e}" for e in (".jpg", ".jpeg", ".png"))
+                      if p.is_file()), None)
+        if image is None:
+            raise DataError(f"{ann}: no image {ann.stem}.jpg in {image_dir}")
+        labels = read_label_map(ann)
+        present = [int(v) for v in np.unique(labels) if v != 0]
+        ignore = _lazy(ann, lambda m: m == 0) if (labels == 0).any() else None
+        for k in present:
+            if k > len(classes):
+                raise DataError(f"{ann}: label {k} but only {len(classes)} class names are known")
+            samples.append(Sample(id=f"{ann.stem}_{k}", image=image,
+                                  text=template.format(classes[k - 1]),
+                                  mask=_lazy(ann, lambda m, k=k: m == k), ignore=ignore,
+                                  where=f"{ann}: label {k}"))
+    if not samples:
+        raise DataError(f"{ann_dir}: no labelled .png annotation files")
+    log.info("ADE20K %s: %d samples", split, len(samples))
+    return samples
