@@ -1,11 +1,150 @@
-"""`self1e data`: not implemented yet."""
+"""`self1e data`: generate RefShapes, convert real datasets to JSONL, and check datasets.
+
+    self1e data synth --out DIR --split train --n 20000 --seed 0 --size 224 [--vqa]
+    self1e data convert --from refcoco --root ROOT --split val [--split-by unc] --out FILE.jsonl
+    self1e data check PATH_OR_SPEC        (exit 0 only when no problem is found)
+"""
 from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+CONVERT_SOURCES = ("refcoco", "refcoco+", "refcocog", "refclef", "grefcoco", "reasonseg", "semseg")
+MAX_PROBLEMS_SHOWN = 20
+log = logging.getLogger(__name__)
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("data", help="(not implemented yet)")
-    p.set_defaults(run=run)
+    from self1e.data.refshapes import SPLITS
+
+    p = sub.add_parser("data", help="generate RefShapes, convert datasets to JSONL, check datasets")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+
+    s = dsub.add_parser("synth", help="write a RefShapes split (JSONL + PNG images and masks)")
+    s.add_argument("--out", required=True, help="output folder; writes OUT/<split>.jsonl")
+    s.add_argument("--split", default="train", choices=SPLITS)
+    s.add_argument("--n", type=int, default=1000, help="number of referring samples")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--size", type=int, default=224, help="canvas size in pixels (64-1024)")
+    s.add_argument("--vqa", action="store_true", help="also write one VQA line per scene")
+    s.add_argument("--per-image", type=int, default=4, help="referring samples per scene image")
+    s.set_defaults(run=run_synth)
+
+    c = dsub.add_parser("convert", help="export a dataset to JSONL (masks written as PNGs)")
+    c.add_argument("--from", dest="source", required=True, choices=CONVERT_SOURCES)
+    c.add_argument("--root", required=True, help="the dataset root folder (DATA.md section 3)")
+    c.add_argument("--split", required=True, help="e.g. val, testA, test, validation")
+    c.add_argument("--split-by", default=None, help="unc, umd, ... (RefCOCO family only)")
+    c.add_argument("--all-texts", action="store_true", help="ReasonSeg: every text, not the first")
+    c.add_argument("--out", required=True, help="the JSONL file to write")
+    c.set_defaults(run=run_convert)
+
+    k = dsub.add_parser("check", help="validate a JSONL file, a folder of them, or a dataset spec")
+    k.add_argument("path", help="FILE.jsonl, a folder of .jsonl files, or a spec such as "
+                                "refcoco:unc:val@ROOT")
+    k.add_argument("--no-decode", action="store_true",
+                   help="only check structure and that files exist (do not decode images/masks)")
+    k.set_defaults(run=run_check)
 
 
-def run(args) -> int:
-    raise ValueError("'self1e data' is not implemented yet")
+def run_synth(args) -> int:
+    from self1e.data.refshapes import generate
+
+    path = generate(args.out, args.split, args.n, args.seed, size=args.size, vqa=args.vqa,
+                    progress=True, per_image=args.per_image)
+    print(f"wrote {path}")
+    return 0
+
+
+def _spec(args) -> str:
+    if args.source == "reasonseg":
+        return f"reasonseg:{args.split}{':all' if args.all_texts else ''}@{args.root}"
+    if args.source == "semseg":
+        return f"semseg:{args.split}@{args.root}"
+    split_by = f"{args.split_by}:" if args.split_by else ""
+    return f"{args.source}:{split_by}{args.split}@{args.root}"
+
+
+def run_convert(args) -> int:
+    from self1e.data.datasets import load_dataset
+    from self1e.data.jsonl import write_jsonl
+
+    samples = load_dataset(_spec(args))
+    out = Path(args.out)
+    if out.suffix != ".jsonl":
+        raise ValueError(f"--out must name a .jsonl file, got {out}")
+    written: dict[int, str] = {}  # id(mask source) -> relative PNG path: one file per shared mask
+
+    def save(src, size: tuple[int, int], sample, field: str) -> str:
+        if id(src) not in written:
+            arr = sample._load(src, size, field)
+            name = re.sub(r"[^A-Za-z0-9_.-]", "_", sample.id)
+            rel = f"{out.stem}_{field}/{name}.png"
+            (out.parent / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr.astype(np.uint8) * 255).save(out.parent / rel)
+            written[id(src)] = rel
+        return written[id(src)]
+
+    records = []
+    for s in tqdm(samples, desc=f"convert {args.source}", unit="sample"):
+        image = Path(s.image)
+        if not image.is_file():
+            raise ValueError(f"{s.where}: image not found: {image}")
+        with Image.open(image) as im:
+            size = im.size
+        rec = {"id": s.id, "image": str(image.resolve()), "text": s.text,
+               "mask": save(s.mask, size, s, "mask") if s.mask is not None else None}
+        if s.ignore is not None:
+            rec["ignore"] = save(s.ignore, size, s, "ignore")
+        if s.instances:
+            rec["instances"] = [save(m, size, s, "instances") for m in s.instances]
+        if s.kind is not None:
+            rec["kind"] = s.kind
+        records.append(rec)
+    write_jsonl(out, records)
+    print(f"wrote {len(records)} samples to {out}")
+    return 0
+
+
+def _report(name: str, samples, problems: list[str]) -> None:
+    n_vqa = sum(s.is_vqa for s in samples)
+    n_none = sum(1 for s in samples if not s.is_vqa and s.mask is None)
+    print(f"{name}: {len(samples)} samples ({len(samples) - n_vqa} referring, {n_vqa} VQA), "
+          f"{n_none} without target")
+    kinds = Counter(s.kind for s in samples if s.kind is not None)
+    if kinds:
+        print("  kinds: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())))
+    print(f"  problems: {len(problems)}")
+    for p in problems[:MAX_PROBLEMS_SHOWN]:
+        print(f"    {p}")
+    if len(problems) > MAX_PROBLEMS_SHOWN:
+        print(f"    ... and {len(problems) - MAX_PROBLEMS_SHOWN} more")
+
+
+def run_check(args) -> int:
+    from self1e.data.datasets import load_dataset
+    from self1e.data.jsonl import read_jsonl, validate
+
+    path = Path(args.path)
+    targets = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+    if path.is_dir() and not targets:
+        raise ValueError(f"{path}: no .jsonl files in this folder")
+    total = 0
+    for target in targets:
+        problems: list[str] = []
+        if target.is_file():
+            samples = read_jsonl(target, skip_bad=True, problems=problems)
+        else:
+            samples = load_dataset(args.path)
+        if not args.no_decode:
+            problems += validate(tqdm(samples, desc=f"check {target.name}", unit="sample",
+                                      disable=len(samples) < 1000))
+        _report(str(target), samples, problems)
+        total += len(problems)
+    return 0 if total == 0 else 1
