@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,9 @@ def decode_segmentation(seg: Any, height: int, width: int) -> np.ndarray:
         rle = seg
     else:
         raise DataError(f"unknown segmentation format: {str(seg)[:80]}")
-    m = mask_utils.decode(rle)
+    with warnings.catch_warnings():  # pycocotools' numpy-2 "copy keyword" deprecation notice
+        warnings.simplefilter("ignore", DeprecationWarning)
+        m = mask_utils.decode(rle)
     return (m.reshape(m.shape[0], m.shape[1], -1).max(axis=2) if m.ndim == 3 else m) > 0
 
 
