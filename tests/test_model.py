@@ -194,3 +194,24 @@ def test_bad_config_values_are_rejected():
         Self1eConfig(mask_head="sam")
     with pytest.raises(ValueError, match="seg_attention"):
         Self1eConfig(seg_attention="full")
+
+
+def test_batched_mask_loss_equals_mean_of_per_row_losses():
+    from self1e.model.losses import mask_loss
+    from self1e.processing import Batch
+
+    model = make("rfa")
+    torch.manual_seed(0)
+    logits = [torch.randn(16, 16) for _ in range(3)]
+    aux = [torch.randn(8, 8) for _ in range(3)]
+    targets = [(torch.rand(20, 20) > 0.5).float() for _ in range(3)]
+    ids = torch.full((3, 4), model.seg_token_id)
+    batch = Batch(ids, torch.ones_like(ids), ids, torch.zeros(1), [], torch.zeros(3, dtype=torch.long),
+                  [targets[0], None, targets[2]])
+    got = model._mask_loss(torch.arange(3), logits, aux, batch)
+    per_row = [mask_loss(logits[k][None], targets[k][None], 2.0, 0.5) + mask_loss(aux[k][None], targets[k][None], 2.0, 0.5)
+               for k in (0, 2)]
+    assert torch.allclose(got, sum(per_row) / 2, atol=1e-6)
+    batch.mask_targets[2] = (torch.rand(24, 20) > 0.5).float()  # different shapes: the per-row path
+    per_row[1] = mask_loss(logits[2][None], batch.mask_targets[2][None], 2.0, 0.5) + mask_loss(aux[2][None], batch.mask_targets[2][None], 2.0, 0.5)
+    assert torch.allclose(model._mask_loss(torch.arange(3), logits, aux, batch), sum(per_row) / 2, atol=1e-6)

@@ -226,17 +226,18 @@ class Self1eModel(nn.Module):
         return seg_rows, mask_logits, aux
 
     def _mask_loss(self, seg_rows, mask_logits, aux_logits, batch: Batch) -> torch.Tensor | None:
+        """Mean over supervised [SEG] rows of (BCE + Dice), main head plus weighted auxiliary head."""
         if batch.mask_targets is None:
             return None
-        total, count = None, 0
-        for k, r in enumerate(seg_rows.tolist()):
-            target = batch.mask_targets[r]
-            if target is None:
-                continue
-            cfg = self.config
-            term = mask_loss(mask_logits[k][None], target[None], cfg.bce_weight, cfg.dice_weight)
-            if aux_logits:
-                term = term + cfg.aux_weight * mask_loss(aux_logits[k][None], target[None], cfg.bce_weight, cfg.dice_weight)
-            total = term if total is None else total + term
-            count += 1
-        return None if total is None else total / count
+        keep = [k for k, r in enumerate(seg_rows.tolist()) if batch.mask_targets[r] is not None]
+        if not keep:
+            return None
+        cfg = self.config
+        targets = [batch.mask_targets[int(seg_rows[k])] for k in keep]
+        heads = [(mask_logits, 1.0)] + ([(aux_logits, cfg.aux_weight)] if aux_logits else [])
+        if len({tuple(t.shape) for t in targets}) == 1:  # batched: per-row means average the same way
+            stacked = torch.stack(targets)
+            return sum(w * mask_loss(torch.stack([lg[k] for k in keep]), stacked, cfg.bce_weight, cfg.dice_weight)
+                       for lg, w in heads)
+        return sum(w * mask_loss(lg[k][None], t[None], cfg.bce_weight, cfg.dice_weight)
+                   for lg, w in heads for k, t in zip(keep, targets)) / len(keep)
