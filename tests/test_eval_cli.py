@@ -34,17 +34,6 @@ ROWS = [
 PREDS = {"s0": (0, 5, 5, 15), "s1": (0, 10, 0, 4), "s4": (0, 2, 0, 2), "s5": (0, 10, 10, 15)}
 
 
-@pytest.fixture(autouse=True)
-def _jsonl_loader(monkeypatch):
-    """Use the data layer's load_dataset; until it exists, a stand-in reading JSONL files only."""
-    try:
-        import self1e.data.datasets  # noqa: F401
-    except ImportError:
-        from self1e.data.jsonl import read_jsonl
-
-        monkeypatch.setitem(sys.modules, "self1e.data.datasets", types.SimpleNamespace(load_dataset=read_jsonl))
-
-
 def run_cli(*argv: str | Path) -> int:
     return main(["eval", "--no-progress", *map(str, argv)])
 

@@ -56,7 +56,8 @@ PROTOCOL: dict[str, Any] = {
     "samples predicted non-empty / has-target samples (ReLA/GSVA, no smoothing term); "
     "'predicted empty' = no foreground pixel outside the ignore region",
     "ignore": "ignore-region pixels are removed from both prediction and truth before counting",
-    "reasonseg_text": "the first text of each image",
+    "reasonseg_text": "the first text of each image (the loader's default; a reasonseg:SPLIT:all@ROOT "
+    "spec evaluates every text)",
     "vqa_samples": "skipped and counted (skipped_vqa)",
     "values": "fractions in [0, 1]; report.md shows percentages",
 }
