@@ -1,0 +1,234 @@
+"""Samples of every source -> model batches: grouping, mixing, a seeded resumable order, sharding.
+
+A *unit* is up to K samples of one image (the paper trains up to 3 expressions per image per
+step); they share one ``pixel_values`` entry and become K rows of the batch. A micro-batch holds
+``batch_size`` units, drawn from the sources by their ratios, with at least one segmentation unit.
+The order of epoch ``e`` is a pure function of ``(seed, e)``, so the state is just
+``(epoch, position)``; rank ``r`` of ``W`` takes micro-batches ``r, r + W, ...`` of that order.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..processing import Batch, Self1eProcessor
+from .sample import Sample
+
+log = logging.getLogger(__name__)
+
+Unit = tuple[int, tuple[int, ...]]  # (source index, indices of samples of one image in that source)
+KINDS = ("seg", "vqa")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One dataset of a training mix; ``ratio`` is its relative sampling weight."""
+
+    name: str
+    samples: Sequence[Sample]
+    ratio: float = 1.0
+
+
+def load_samples(spec: str) -> list[Sample]:
+    """A dataset spec -> samples, through ``self1e.data.datasets.load_dataset`` (JSONL paths and
+    the named datasets); falls back to reading a ``.jsonl`` path directly."""
+    try:
+        from .datasets import load_dataset
+    except ImportError:  # the dataset registry is optional; a JSONL path always works
+        load_dataset = None
+    if load_dataset is not None:
+        return list(load_dataset(spec))
+    if spec.endswith(".jsonl"):
+        from .jsonl import read_jsonl
+
+        return read_jsonl(spec)
+    raise ValueError(f"cannot load dataset spec {spec!r}: expected a .jsonl path")
+
+
+def image_key(sample: Sample) -> object:
+    """What identifies a sample's image: its path, or the in-memory callable that draws it."""
+    return str(Path(sample.image)) if isinstance(sample.image, (str, Path)) else id(sample.image)
+
+
+def group_by_image(samples: Sequence[Sample]) -> dict[str, list[list[int]]]:
+    """Sample indices per image, separately for segmentation and VQA, in first-appearance order."""
+    groups: dict[str, dict[object, list[int]]] = {k: {} for k in KINDS}
+    for i, s in enumerate(samples):
+        groups["vqa" if s.is_vqa else "seg"].setdefault(image_key(s), []).append(i)
+    return {k: list(g.values()) for k, g in groups.items()}
+
+
+def _rng(*parts: int) -> np.random.Generator:
+    return np.random.default_rng([int(p) for p in parts])
+
+
+class _Pool:
+    """The units of one kind of one source, handed out in a fresh random order each cycle: each
+    image's samples are shuffled and chunked into units of at most ``k``; the units are shuffled."""
+
+    def __init__(self, groups: list[list[int]], k: int, seed_parts: tuple[int, ...]) -> None:
+        self.groups, self.k, self.seed_parts = groups, k, seed_parts
+        self.cycle, self.units, self.cursor = -1, [], 0
+
+    def __len__(self) -> int:
+        return sum(-(-len(g) // self.k) for g in self.groups)
+
+    def _refill(self) -> None:
+        self.cycle += 1
+        rng = _rng(*self.seed_parts, self.cycle)
+        units = []
+        for g in self.groups:
+            members = [g[i] for i in rng.permutation(len(g))]
+            units += [tuple(members[j:j + self.k]) for j in range(0, len(members), self.k)]
+        self.units = [units[i] for i in rng.permutation(len(units))]
+        self.cursor = 0
+
+    def take(self) -> tuple[int, ...]:
+        if self.cursor >= len(self.units):
+            self._refill()
+        self.cursor += 1
+        return self.units[self.cursor - 1]
+
+
+class BatchPlan:
+    """The sampling order: epoch ``e`` -> its list of micro-batches (lists of units), the same on
+    every rank. An epoch has as many units as the sources hold (each image's samples chunked by
+    ``k``), cut to a whole number of micro-batches per rank."""
+
+    def __init__(self, sources: Sequence[Source], batch_size: int, k: int, seed: int, world_size: int = 1) -> None:
+        if batch_size < 1 or k < 1 or world_size < 1:
+            raise ValueError(f"need batch_size, k and world_size >= 1, got {batch_size}, {k}, {world_size}")
+        self.sources, self.batch_size, self.k, self.seed, self.world_size = list(sources), batch_size, k, seed, world_size
+        for s in self.sources:
+            if not s.ratio > 0:
+                raise ValueError(f"dataset {s.name!r}: ratio must be > 0, got {s.ratio}")
+        self.groups = [group_by_image(s.samples) for s in self.sources]
+        self.counts = np.array([[len(_Pool(g[kind], k, ())) for kind in KINDS] for g in self.groups])
+        if self.counts[:, 0].sum() == 0:
+            raise ValueError("the training mix has no segmentation sample; add a dataset with referring "
+                             "expressions or masks")
+        units = int(self.counts.sum())
+        per_round = batch_size * world_size
+        self.length = (units // per_round) * world_size  # micro-batches per epoch, all ranks together
+        if self.length == 0:
+            raise ValueError(f"the training mix has {units} units (images x up to {k} expressions), fewer than "
+                             f"one micro-batch of {batch_size} per process x {world_size} processes")
+        self._cache: tuple[int, list[list[Unit]]] | None = None
+
+    def epoch(self, e: int) -> list[list[Unit]]:
+        """The micro-batches of epoch ``e`` (cached: the current epoch is asked for repeatedly)."""
+        if self._cache is None or self._cache[0] != e:
+            self._cache = (e, self._build(e))
+        return self._cache[1]
+
+    def _build(self, e: int) -> list[list[Unit]]:
+        n_src = len(self.sources)
+        pools = [[_Pool(self.groups[s][kind], self.k, (self.seed, e, s, j)) for j, kind in enumerate(KINDS)]
+                 for s in range(n_src)]
+        ratios = np.array([s.ratio for s in self.sources], dtype=float)
+        seg_ok = self.counts[:, 0] > 0
+        seg_share = self.counts[:, 0] / np.maximum(self.counts.sum(1), 1)  # within a source, by unit count
+        rng = _rng(self.seed, e, 1_000_003)
+        n_slots = self.length * self.batch_size
+        src = rng.choice(n_src, size=n_slots, p=ratios / ratios.sum())
+        coin = rng.random(n_slots)
+        fallback = rng.choice(n_src, size=self.length, p=(ratios * seg_ok) / (ratios * seg_ok).sum())
+        plan: list[list[Unit]] = []
+        for b in range(self.length):
+            picks = []
+            for slot in range(b * self.batch_size, (b + 1) * self.batch_size):
+                s = int(src[slot])
+                picks.append((s, 0 if coin[slot] < seg_share[s] else 1))
+            if all(kind == 1 for _, kind in picks):  # guarantee one segmentation unit per micro-batch
+                picks[-1] = (int(fallback[b]), 0)
+            plan.append([(s, pools[s][kind].take()) for s, kind in picks])
+        return plan
+
+
+def _identity(x):
+    return x
+
+
+class MicroBatchDataset(torch.utils.data.Dataset):
+    """Map-style view of one rank's micro-batches of one epoch (global indices ``start``,
+    ``start + W``, ...): index -> Batch.
+    Lets a ``DataLoader`` with workers load images in parallel while keeping the order."""
+
+    def __init__(self, batches: "TrainBatches", epoch: int, start: int) -> None:
+        self.batches, self.epoch = batches, epoch
+        plan = batches.plan.epoch(epoch)
+        self.indices = list(range(start, len(plan), batches.world_size))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Batch:
+        return self.batches.make_batch(self.epoch, self.indices[i])
+
+
+class TrainBatches:
+    """Endless, resumable stream of this rank's training batches. ``state_dict`` gives the position
+    after the last batch handed out; a new stream with that state continues exactly there."""
+
+    def __init__(self, sources: Sequence[Source], processor: Self1eProcessor, batch_size: int, k: int = 3,
+                 seed: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0) -> None:
+        self.plan = BatchPlan(sources, batch_size, k, seed, world_size)
+        self.sources, self.processor, self.seed = self.plan.sources, processor, seed
+        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
+        self.epoch, self.position = 0, 0  # position: global index of the next micro-batch of the epoch
+
+    def __len__(self) -> int:
+        """Micro-batches per epoch for this rank."""
+        return self.plan.length // self.world_size
+
+    def units(self, epoch: int, index: int) -> list[Unit]:
+        """The units of global micro-batch ``index`` of ``epoch``."""
+        return self.plan.epoch(epoch)[index]
+
+    def make_batch(self, epoch: int, index: int) -> Batch:
+        """Load and collate one micro-batch. Templates come from an RNG seeded by (seed, epoch,
+        index), so a batch is the same whichever process or worker builds it."""
+        rng = random.Random(int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0]))
+        p = self.processor
+        rows, images, image_index, targets = [], [], [], []
+        for src, members in self.units(epoch, index):
+            samples = [self.sources[src].samples[i] for i in members]
+            picture = samples[0].load_image()
+            images.append(p.image_input(picture))
+            n_tiles = p.n_tiles(images[-1].grid)
+            for s in samples:
+                if s.is_vqa:
+                    rows.append(p.conversation(s.question, s.answer, n_tiles))
+                    targets.append(None)
+                else:
+                    rows.append(p.conversation(p.seg_question(s.text, rng), p.seg_answer(rng), n_tiles))
+                    targets.append(p.mask_target(s.load_mask(picture.size)))
+                image_index.append(len(images) - 1)
+        return p.collate(rows, images, image_index, targets)
+
+    def __iter__(self) -> Iterator[Batch]:
+        while True:
+            ds = MicroBatchDataset(self, self.epoch, self.position + self.rank)
+            loader = torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=self.num_workers,
+                                                 collate_fn=_identity)
+            for batch in loader:
+                self.position += self.world_size
+                yield batch
+            self.epoch, self.position = self.epoch + 1, 0
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "epoch": self.epoch, "position": self.position, "world_size": self.world_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["seed"] != self.seed:
+            raise ValueError(f"data state was saved with seed {state['seed']}, this run uses {self.seed}")
+        if state.get("world_size", self.world_size) != self.world_size:
+            log.warning("resuming data order saved with %d processes on %d: the epoch's order is kept, but "
+                        "the split over processes changes", state["world_size"], self.world_size)
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
