@@ -81,10 +81,10 @@ def run_convert(args) -> int:
         raise ValueError(f"--out must name a .jsonl file, got {out}")
     written: dict[int, str] = {}  # id(mask source) -> relative PNG path: one file per shared mask
 
-    def save(src, size: tuple[int, int], sample, field: str) -> str:
+    def save(src, size: tuple[int, int], sample, field: str, suffix: str = "") -> str:
         if id(src) not in written:
             arr = sample._load(src, size, field)
-            name = re.sub(r"[^A-Za-z0-9_.-]", "_", sample.id)
+            name = re.sub(r"[^A-Za-z0-9_.-]", "_", sample.id) + suffix
             rel = f"{out.stem}_{field}/{name}.png"
             (out.parent / rel).parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(arr.astype(np.uint8) * 255).save(out.parent / rel)
@@ -103,7 +103,8 @@ def run_convert(args) -> int:
         if s.ignore is not None:
             rec["ignore"] = save(s.ignore, size, s, "ignore")
         if s.instances:
-            rec["instances"] = [save(m, size, s, "instances") for m in s.instances]
+            rec["instances"] = [save(m, size, s, "instances", f"_{k}")
+                                for k, m in enumerate(s.instances)]
         if s.kind is not None:
             rec["kind"] = s.kind
         records.append(rec)
