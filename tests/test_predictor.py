@@ -118,3 +118,19 @@ def test_segment_cli_bad_input_exits_nonzero_without_traceback(case, tiny_model_
     expected = {"missing": "nope.png", "corrupt": "bad.png", "empty_text": "empty", "missing_model": "no_model"}[case]
     assert expected in err
     assert not (tmp_path / "m.png").exists()
+
+
+def test_web_demo_functions_segment_and_chat(predictor):
+    from self1e.web import chat_turn, segment_expressions
+
+    arr = np.random.default_rng(3).integers(0, 255, (30, 44, 3), dtype=np.uint8)
+    picture, rows = segment_expressions(predictor, arr, "the red circle\n\n  all the boxes  \n")
+    assert picture.size == (44, 30) and [r["expression"] for r in rows] == ["the red circle", "all the boxes"]
+    predictor.set_image(arr)
+    assert rows[1]["pixels"] == int(predictor.predict("all the boxes").mask.sum())
+    with pytest.raises(ValueError, match="expression"):
+        segment_expressions(predictor, arr, " \n ")
+    with pytest.raises(ValueError, match="image"):
+        segment_expressions(predictor, None, "the star")
+    answer, picture = chat_turn(predictor, arr, "What color is the star?")
+    assert isinstance(answer, str)

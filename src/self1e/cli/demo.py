@@ -12,6 +12,8 @@ def add_parser(sub) -> None:
     p.add_argument("--train", action="store_true", help="retrain the default recipe from scratch first")
     p.add_argument("--budget-minutes", type=float, default=10.0, help="training time budget with --train")
     p.add_argument("--model-dir", default="runs/demo-train", help="where --train writes its run")
+    p.add_argument("--web", action="store_true", help="serve the interactive web demo instead (needs self1e[demo])")
+    p.add_argument("--port", type=int, default=7860, help="port of the web demo (on 127.0.0.1)")
     p.set_defaults(run=run)
 
 
@@ -23,5 +25,12 @@ def run(args) -> int:
         from ..train.recipe import train_default_recipe
 
         model = str(train_default_recipe(args.model_dir, budget_minutes=args.budget_minutes))
+    if args.web:
+        from ..predictor import Self1ePredictor
+        from ..web import build_app
+
+        build_app(Self1ePredictor.from_pretrained(model, device=args.device)).launch(
+            server_name="127.0.0.1", server_port=args.port)
+        return 0
     run_demo(model, args.out, seed=args.seed, device=args.device)
     return 0

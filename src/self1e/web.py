@@ -1,0 +1,81 @@
+"""The web demo (gradio, installed with the ``demo`` extra): upload an image, type expressions,
+see the masks; or ask a question and chat. The logic lives in plain functions, tested without gradio.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+PALETTE = ((230, 40, 40), (40, 110, 230), (40, 170, 70), (240, 170, 20), (160, 60, 200), (20, 180, 190))
+
+
+def segment_expressions(predictor, image, text_block: str) -> tuple[Image.Image, list[dict[str, Any]]]:
+    """One expression per non-empty line of ``text_block``, all in one batched pass.
+    Returns the image with every mask tinted in its own colour, and one summary row per expression."""
+    from .processing import to_rgb
+
+    texts = [t.strip() for t in (text_block or "").splitlines() if t.strip()]
+    if image is None:
+        raise ValueError("upload an image first")
+    if not texts:
+        raise ValueError("type at least one expression (one per line)")
+    rgb = to_rgb(image)
+    predictor.set_image(rgb)
+    results = predictor.predict_batch(texts)
+    canvas = np.asarray(rgb, dtype=np.float32).copy()
+    rows = []
+    for k, r in enumerate(results):
+        colour = np.array(PALETTE[k % len(PALETTE)], dtype=np.float32)
+        canvas[r.mask] = 0.5 * canvas[r.mask] + 0.5 * colour
+        rows.append({"expression": r.text, "colour": "#%02x%02x%02x" % PALETTE[k % len(PALETTE)],
+                     "pixels": int(r.mask.sum()), "score": round(r.score, 3), "empty": r.empty})
+    return Image.fromarray(canvas.round().astype(np.uint8)), rows
+
+
+def chat_turn(predictor, image, question: str) -> tuple[str, Image.Image | None]:
+    """A free-form answer; when the model answers with [SEG], also the mask drawn on the image."""
+    from .eval.overlay import overlay
+    from .processing import to_rgb
+
+    if image is None:
+        raise ValueError("upload an image first")
+    rgb = to_rgb(image)
+    predictor.set_image(rgb)
+    answer, seg = predictor.chat(question)
+    return answer, (overlay(rgb, seg.mask) if seg is not None else None)
+
+
+def build_app(predictor):
+    """The gradio Blocks app around ``predictor``."""
+    try:
+        import gradio as gr
+    except ImportError:
+        raise ValueError("the web demo needs gradio: pip install 'self1e[demo]'") from None
+
+    def on_segment(image, text_block):
+        try:
+            return segment_expressions(predictor, image, text_block)
+        except ValueError as e:
+            raise gr.Error(str(e)) from None
+
+    def on_chat(image, question):
+        try:
+            return chat_turn(predictor, image, question)
+        except ValueError as e:
+            raise gr.Error(str(e)) from None
+
+    with gr.Blocks(title="self1e") as app:
+        gr.Markdown("# self1e: segmentation with one [SEG] token\nOne expression per line.")
+        with gr.Row():
+            image = gr.Image(type="pil", label="image")
+            result = gr.Image(type="pil", label="masks")
+        text = gr.Textbox(lines=3, label="expressions", placeholder="the red circle\nall the boxes")
+        table = gr.JSON(label="results")
+        gr.Button("Segment").click(on_segment, [image, text], [result, table])
+        question = gr.Textbox(label="chat: ask about the image")
+        answer = gr.Textbox(label="answer")
+        chat_mask = gr.Image(type="pil", label="mask from the answer's [SEG]")
+        gr.Button("Ask").click(on_chat, [image, question], [answer, chat_mask])
+    return app
