@@ -5,6 +5,8 @@ A scene is 1-6 coloured shapes on a light background. Objects are rasterised wit
 RGB image is painted from the same id map. Each scene image is shared by up to ``per_image``
 referring samples (default 4), which keeps generation fast; the language side (expressions, the
 resolver that guarantees each one is true and unambiguous) lives in ``refshapes_text``.
+Every object keeps at least 35 % of its area visible; only objects at least half visible are
+referred to by themselves (groups, counts and "no target" checks include every object).
 
 Files: ``generate`` writes ``OUT/<split>.jsonl`` plus ``OUT/<split>/images/<scene>.png`` and
 ``OUT/<split>/masks/<scene>_<object ids>.png`` (one mask file per distinct target set of a scene).

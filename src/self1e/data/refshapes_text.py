@@ -304,8 +304,12 @@ def propose_vqa(objs: list[Obj], rng: np.random.Generator,
                     template)
         choice = 1
     if choice == 1:
-        shape = _pick(rng, SHAPES)
-        colour = _pick(rng, (None,) + COLOURS) if rng.random() < 0.5 else None
+        if rng.random() < 0.75:  # mostly about what is there, so "Zero." does not dominate
+            o = _pick(rng, objs)
+            shape, colour = o.shape, (o.colour if rng.random() < 0.5 else None)
+        else:
+            shape = _pick(rng, SHAPES)
+            colour = _pick(rng, (None,) + COLOURS) if rng.random() < 0.5 else None
         if colour is not None and not pair_ok(colour, shape) and \
                 all((o.colour, o.shape) != (colour, shape) for o in objs):
             colour = None
