@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
+
+# One thread per test process: the suite runs under pytest-xdist on 2 cores, and OpenMP threads
+# spinning against each other (or against other processes) slow small CPU models by 10-40x.
+torch.set_num_threads(1)
 
 
 def pytest_addoption(parser):
