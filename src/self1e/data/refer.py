@@ -20,7 +20,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from self1e.data import safe_pickle
-from self1e.data.sample import DataError, Sample
+from self1e.data.sample import DataError, Sample, read_json
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +74,7 @@ def _load_instances(path: Path) -> tuple[dict[int, dict], dict[int, dict]]:
 def _load_refs(folder: Path, dataset: str, split_by: str) -> tuple[Path, list[dict]]:
     if dataset == "grefcoco":
         path = folder / f"grefs({split_by}).json"
-        if not path.is_file():
-            raise DataError(f"gRefCOCO refs file not found: {path}")
-        try:
-            refs = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: invalid JSON: {e}") from None
+        refs = read_json(path, "gRefCOCO refs file")
     else:
         path = folder / f"refs({split_by}).p"
         if not path.is_file():

@@ -19,31 +19,39 @@ class DataError(ValueError):
     """Bad input data; the message names the file, line and field."""
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """Open any image Pillow reads and return it as RGB; raises DataError naming the file."""
+def read_json(path: Path, what: str):
+    """Parse a JSON file; a missing file or invalid JSON raises DataError naming it."""
+    import json
+
+    if not path.is_file():
+        raise DataError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: invalid JSON: {e}") from None
+
+
+def _read(path: str | Path, what: str, convert) -> object:
+    """Decode a picture file with Pillow; missing or unreadable files raise DataError naming it."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"image not found: {path}")
+        raise DataError(f"{what} not found: {path}")
     try:
         with Image.open(path) as im:
             im.load()
-            return im.convert("RGB")
+            return convert(im)
     except (OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"cannot read image {path}: {e}") from None
+        raise DataError(f"cannot read {what} {path}: {e}") from None
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Open any image Pillow reads and return it as RGB; raises DataError naming the file."""
+    return _read(path, "image", lambda im: im.convert("RGB"))
 
 
 def read_mask_png(path: str | Path) -> np.ndarray:
     """Read a mask file as a bool (H, W) array; any non-zero pixel is foreground."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"mask not found: {path}")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            arr = np.asarray(im.convert("L") if im.mode not in ("L", "1", "I", "I;16") else im)
-    except (OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"cannot read mask {path}: {e}") from None
-    return arr != 0
+    return _read(path, "mask", lambda im: np.asarray(im if im.mode in ("L", "1", "I", "I;16") else im.convert("L")) != 0)
 
 
 @dataclass(frozen=True)

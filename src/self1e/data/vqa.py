@@ -7,11 +7,10 @@ own image tokens). Entries without an image are skipped and counted in a log mes
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
-from self1e.data.sample import DataError, Sample
+from self1e.data.sample import DataError, Sample, read_json
 
 log = logging.getLogger(__name__)
 
@@ -23,12 +22,7 @@ def _clean(question: str) -> str:
 def load_llava(json_path: str | Path, image_root: str | Path) -> list[Sample]:
     """VQA Samples from a LLaVA-Instruct JSON; images are ``image_root / entry["image"]``."""
     json_path, image_root = Path(json_path), Path(image_root)
-    if not json_path.is_file():
-        raise DataError(f"LLaVA JSON not found: {json_path}")
-    try:
-        entries = json.loads(json_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{json_path}: invalid JSON: {e}") from None
+    entries = read_json(json_path, "LLaVA JSON")
     if not isinstance(entries, list):
         raise DataError(f"{json_path}: expected a list of conversations")
     samples: list[Sample] = []
