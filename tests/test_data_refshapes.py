@@ -239,3 +239,19 @@ def test_scene_size_limits():
         make_scene(np.random.default_rng(0), size=32)
     with pytest.raises(ValueError, match="unknown RefShapes split"):
         next(iter_scenes("dev", 0, 1))
+
+
+def test_in_memory_samples_redraw_exactly_the_generated_scenes():
+    samples = list(iter_samples("val", 3, 24, 96))
+    k = 0
+    for item in iter_scenes("val", 3, 24, 96):
+        image = np.asarray(render(item.scene))
+        for ph in item.phrases:
+            s = samples[k]
+            assert np.array_equal(np.asarray(s.load_image()), image)
+            expected = item.scene.mask(ph.target) if ph.target else np.zeros((96, 96), bool)
+            assert np.array_equal(s.load_mask((96, 96)), expected)
+            k += 1
+        # all expressions of a scene share one image object, so training can group them by image
+        assert len({id(samples[j].image) for j in range(k - len(item.phrases), k)}) <= 1
+    assert k == len(samples)

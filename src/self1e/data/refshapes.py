@@ -255,22 +255,56 @@ def iter_scenes(split: str, seed: int, n: int, size: int = 224, per_image: int =
         index += 1
 
 
+@lru_cache(maxsize=64)
+def scene_at(split: str, seed: int, index: int, size: int) -> Scene:
+    """Scene number ``index`` of a split, regenerated from its seed (as ``iter_scenes`` makes it)."""
+    return make_scene(np.random.default_rng([seed, SPLITS.index(split), index]), size, _pairs_for(split))
+
+
+@dataclass(frozen=True)
+class LazyImage:
+    """Draws one scene's image on demand, so a dataset of millions of samples costs only metadata.
+    All samples of a scene share one LazyImage (training groups expressions of an image by it)."""
+
+    split: str
+    seed: int
+    index: int
+    size: int
+
+    def scene(self) -> Scene:
+        return scene_at(self.split, self.seed, self.index, self.size)
+
+    def __call__(self) -> Image.Image:
+        return render(self.scene())
+
+
+@dataclass(frozen=True)
+class LazyMask:
+    """The visible mask of ``target`` objects in a lazily drawn scene."""
+
+    image: LazyImage
+    target: frozenset[int]
+
+    def __call__(self) -> np.ndarray:
+        return self.image.scene().mask(self.target)
+
+
 def iter_samples(split: str, seed: int, n: int, size: int = 224, per_image: int = 4,
                  vqa: bool = False) -> Iterator[Sample]:
-    """In-memory Samples (image and masks are callables), for tests and on-the-fly training."""
+    """In-memory Samples (image and masks drawn on demand), for tests, the demo and training."""
     k = 0
     for item in iter_scenes(split, seed, n, size, per_image, vqa):
-        image = render(item.scene)
+        image = LazyImage(split, seed, item.index, size)
         for ph in item.phrases:
             multi = ph.expr.kind == "multi"
             yield Sample(
-                id=f"{k:06d}", image=lambda im=image: im, text=ph.text, kind=ph.expr.kind,
-                mask=(lambda s=item.scene, t=ph.target: s.mask(t)) if ph.target else None,
-                instances=tuple((lambda s=item.scene, i=i: s.mask([i])) for i in sorted(ph.target))
-                if multi else None, where=f"refshapes:{split}:{seed}:{k}")
+                id=f"{k:06d}", image=image, text=ph.text, kind=ph.expr.kind,
+                mask=LazyMask(image, ph.target) if ph.target else None,
+                instances=tuple(LazyMask(image, frozenset({i})) for i in sorted(ph.target)) if multi else None,
+                where=f"refshapes:{split}:{seed}:{k}")
             k += 1
         for q, a, _ in item.vqa:
-            yield Sample(id=f"{k:06d}", image=lambda im=image: im, question=q, answer=a,
+            yield Sample(id=f"{k:06d}", image=image, question=q, answer=a,
                          kind="vqa", where=f"refshapes:{split}:{seed}:{k}")
             k += 1
 
