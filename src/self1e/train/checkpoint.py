@@ -181,11 +181,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(out: Path, step: int, rank: int, world: int, write_main: Callable[[Path], None],
-                    all_ok: Callable[[bool], bool], barrier: Callable[[], None]) -> Path:
-    """Write checkpoint ``step`` atomically. Every rank saves its RNG state; rank 0 calls
-    ``write_main(tmp_dir)`` for the rest. ``all_ok`` combines a success flag over ranks, so that
-    a failure anywhere leaves the previous checkpoint and ``latest`` as they were, on all ranks."""
+def save_checkpoint(out: Path, step: int, rank: int, write_all: Callable[[Path], None],
+                    write_main: Callable[[Path], None], all_ok: Callable[[bool], bool],
+                    barrier: Callable[[], None]) -> Path:
+    """Write checkpoint ``step`` atomically. Every rank saves its RNG state and calls
+    ``write_all(tmp_dir)``; then rank 0 calls ``write_main(tmp_dir)``. ``all_ok`` combines a success
+    flag over ranks, so that a failure anywhere leaves the previous checkpoint and ``latest`` as
+    they were, on all ranks, and the error is raised everywhere."""
     final = checkpoint_dir(out, step)
     tmp = final.with_name(f".tmp_{final.name}")
     if rank == 0:
@@ -195,6 +197,7 @@ def save_checkpoint(out: Path, step: int, rank: int, world: int, write_main: Cal
     error: BaseException | None = None
     try:
         torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
+        write_all(tmp)
         if rank == 0:
             write_main(tmp)
     except Exception as e:  # noqa: BLE001 -- re-raised below, after the other ranks know
@@ -215,24 +218,28 @@ def save_checkpoint(out: Path, step: int, rank: int, world: int, write_main: Cal
 
 
 def write_training_files(tmp: Path, model: nn.Module, optimizer, scheduler, state: dict[str, Any], config) -> None:
-    """Rank 0's part of a checkpoint: merged model, trainable tensors, optimizer, scheduler, state."""
+    """Rank 0's part of a checkpoint: merged model, trainable tensors, optimizer (None when a
+    sharded backend saved it), scheduler, state and config."""
     export_model(model, tmp / "model")
     save_file(trainable_state(model), tmp / TRAINABLE)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     config.save(tmp / "train_config.yaml")
     (tmp / STATE).write_text(json.dumps(state, indent=2) + "\n")
 
 
-def load_training_files(path: Path, model: nn.Module, optimizer, scheduler, rank: int) -> dict[str, Any]:
-    """Restore what :func:`write_training_files` saved (and this rank's RNG); returns the state."""
-    load_trainable(model, path / TRAINABLE)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+def read_state(path: Path, rank: int) -> dict[str, Any]:
+    """``trainer_state.json`` plus this rank's RNG state (rank 0's if the run had fewer ranks)."""
     rng_file = path / f"rng_rank{rank}.pt"
     if not rng_file.is_file():
-        rng_file = path / "rng_rank0.pt"
         log.warning("%s has no RNG state for rank %d (saved with fewer processes); using rank 0's", path, rank)
+        rng_file = path / "rng_rank0.pt"
     state = json.loads((path / STATE).read_text())
     state["rng"] = torch.load(rng_file, weights_only=True)
     return state
+
+
+def load_optimizer_and_scheduler(path: Path, optimizer, scheduler) -> None:
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))

@@ -1,5 +1,5 @@
 """The training loop: ``train(cfg) -> final model folder``, on accelerate (one CPU process by default,
-DDP under ``accelerate launch``).
+DDP under ``accelerate launch``; DeepSpeed / FSDP through accelerate configs, untested on CPU).
 
 AdamW with warm-up then linear decay, gradient clipping and accumulation; LoRA through peft when
 enabled; periodic validation through ``self1e.eval``; atomic checkpoints that resume exactly.
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from torch import nn
 from tqdm import tqdm
 
@@ -27,6 +27,7 @@ from .config import LoraSettings, TrainConfig
 
 log = logging.getLogger(__name__)
 LOSSES = ("loss", "lm_loss", "mask_loss")
+SHARDED_STATE = "sharded_state"  # accelerate.save_state folder under DeepSpeed / FSDP
 
 
 # ---- setup ---------------------------------------------------------------------------------------
@@ -145,9 +146,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     checkpoint). With ``resume``, continue exactly from ``OUT/checkpoints/latest`` if it exists."""
     if not cfg.data:
         raise ValueError("config key 'data': no training dataset given")
-    acc = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() and cfg.bf16 else "no",
+    cuda = torch.cuda.is_available()
+    # cpu=True without CUDA also makes a torchrun / `accelerate launch --multi_gpu` start use gloo DDP
+    acc = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and cfg.bf16 else "no",
                       gradient_accumulation_steps=cfg.grad_accum, step_scheduler_with_optimizer=False)
     main, rank, world = acc.is_main_process, acc.process_index, acc.num_processes
+    sharding = Sharding(acc, cfg)
     out = Path(cfg.out)
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -165,41 +169,43 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, total))
     set_seed(cfg.seed, device_specific=True)  # per-rank dropout streams, after the identical init
-
-    step, latest = 0, ckpt.latest_checkpoint(out) if resume else None
+    latest = ckpt.latest_checkpoint(out) if resume else None
     if latest is not None:
-        state = ckpt.load_training_files(latest, model, optimizer, scheduler, rank)
+        ckpt.load_trainable(model, latest / ckpt.TRAINABLE)
+    if main:
+        log.info("training %.2f M of %.2f M parameters for %d steps (%d micro-batches per epoch per process, "
+                 "%d processes)", sum(p.numel() for p in trainable) / 1e6,
+                 sum(p.numel() for p in model.parameters()) / 1e6, total, len(batches), world)
+    model, optimizer = acc.prepare(model, optimizer)
+    step = 0
+    if latest is not None:
+        sharding.load(latest, optimizer, scheduler)
+        state = ckpt.read_state(latest, rank)
         step = state["step"]
         batches.load_state_dict(state["data"])
         ckpt.set_rng_state(state["rng"])
         if main:
-            log.info("resumed from %s (step %d)", latest, step)
+            log.info("resumed from %s at step %d", latest, step)
     elif resume and main:
         log.info("no checkpoint in %s: starting from scratch", out / ckpt.CHECKPOINTS)
-    n_params = sum(p.numel() for p in trainable)
-    if main:
-        log.info("training %.2f M of %.2f M parameters for %d steps (%d micro-batches per epoch per process, "
-                 "%d processes)", n_params / 1e6, sum(p.numel() for p in model.parameters()) / 1e6, total,
-                 len(batches), world)
-    model, optimizer = acc.prepare(model, optimizer)
     metrics = MetricsLog(out, main, step)
 
     def save(step: int) -> None:
         state = {"step": step, "data": batches.state_dict(), "world_size": world, "total_steps": total}
-        ckpt.save_checkpoint(out, step, rank, world,
-                             lambda tmp: ckpt.write_training_files(tmp, acc.unwrap_model(model), optimizer,
+        ckpt.save_checkpoint(out, step, rank, lambda tmp: sharding.write_all(tmp, model),
+                             lambda tmp: ckpt.write_training_files(tmp, sharding.full_model(model),
+                                                                   sharding.optimizer_to_save(optimizer),
                                                                    scheduler, state, cfg),
-                             lambda ok: _all_ok(acc, ok), acc.wait_for_everyone)
+                             lambda ok: not _any(acc, not ok), acc.wait_for_everyone)
         if main:
             ckpt.prune_checkpoints(out, cfg.keep_checkpoints)
 
     model.train()
     data = iter(batches)
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not acc.is_local_main_process)
-    start, sums, n_sum, ema = time.time(), dict.fromkeys(LOSSES, 0.0), 0, None
-    evaluated_at = -1
+    start, sums, n_sum, ema, evaluated_at = time.time(), dict.fromkeys(LOSSES, 0.0), 0, None, -1
     while step < total:
-        # ---- one optimizer step: grad_accum micro-batches (backward each), clip, step, schedule
+        # ---- one optimizer step: LR from the schedule; grad_accum micro-batches; clip; step
         lr = scheduler.get_last_lr()[0]
         for _ in range(cfg.grad_accum):
             batch = next(data).to(acc.device)
@@ -215,7 +221,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                 sums[k] += 0.0 if v is None else float(v.detach()) / cfg.grad_accum
         scheduler.step()
         step += 1
-        # ---- log, evaluate, save
+        # ---- log, evaluate, save, stop
         n_sum += 1
         ema = sums["loss"] / n_sum if ema is None else 0.9 * ema + 0.1 * float(result.loss.detach())
         bar.update(1)
@@ -229,28 +235,83 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         if val_samples is not None and cfg.eval_every and step % cfg.eval_every == 0:
             metrics.write({"step": step, **validate(acc, model, val_samples, cfg)})
             evaluated_at = step
-        stop = (cfg.stop_at is not None and step >= cfg.stop_at) or _out_of_time(acc, start, cfg.max_minutes)
+        stop = (cfg.stop_at is not None and step >= cfg.stop_at) or (
+            cfg.max_minutes is not None and _any(acc, time.time() - start >= 60 * cfg.max_minutes))
         if (cfg.save_every and step % cfg.save_every == 0) or stop or step == total:
             save(step)
         if stop:
             if main:
-                log.info("stopping at step %d of %d (stop_at / max_minutes)", step, total)
+                log.info("stopping cleanly at step %d of %d (stop_at / max_minutes)", step, total)
             break
     bar.close()
     if val_samples is not None and evaluated_at != step:
         metrics.write({"step": step, **validate(acc, model, val_samples, cfg)})
     metrics.close()
-    final = out / "final"
-    if main:
-        tmp = out / ".tmp_final"
+    return export_final(acc, sharding, model, cfg, out)
+
+
+def export_final(acc: Accelerator, sharding: "Sharding", model: nn.Module, cfg: TrainConfig, out: Path) -> Path:
+    """``OUT/final``: the plain self1e checkpoint (LoRA merged) plus the resolved config, atomically."""
+    final, tmp = out / "final", out / ".tmp_final"
+    sharding.write_all(None, model)  # under ZeRO-3 / FSDP: gathers the weights (a collective)
+    if acc.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
-        ckpt.export_model(acc.unwrap_model(model), tmp)
+        ckpt.export_model(sharding.full_model(model), tmp)
         cfg.save(tmp / "train_config.yaml")
         ckpt.publish_dir(tmp, final)
         log.info("final model: %s", final)
     acc.wait_for_everyone()
     acc.end_training()
     return final
+
+
+class Sharding:
+    """What differs under DeepSpeed / FSDP (untested here: no GPU). DDP and one process keep full
+    parameters and optimizer state on rank 0; ZeRO-2 shards the optimizer state (saved through
+    ``accelerate.save_state``); ZeRO-3 and FSDP also shard the parameters, which are gathered for
+    the export and loaded into a full copy of the model on rank 0."""
+
+    def __init__(self, acc: Accelerator, cfg: TrainConfig) -> None:
+        kind = acc.distributed_type
+        self.acc, self.cfg = acc, cfg
+        self.state_sharded = kind in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+        zero3 = kind == DistributedType.DEEPSPEED and acc.state.deepspeed_plugin.zero_stage == 3
+        self.params_sharded = kind == DistributedType.FSDP or zero3
+        self._full: dict[str, torch.Tensor] | None = None
+        if kind == DistributedType.DEEPSPEED:  # batches are not a prepared DataLoader: tell DeepSpeed
+            acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
+        if self.params_sharded and cfg.val:
+            raise ValueError("periodic validation needs full parameters on every process; under ZeRO-3 / FSDP set "
+                             "val: null and evaluate OUT/final with `self1e eval`")
+
+    def write_all(self, tmp: Path | None, model: nn.Module) -> None:
+        """Every rank's part of a save: sharded training state, and the gathered weights."""
+        if tmp is not None and self.state_sharded:
+            self.acc.save_state(str(tmp / SHARDED_STATE))
+        if self.params_sharded:
+            self._full = self.acc.get_state_dict(model)  # full tensors on rank 0
+
+    def full_model(self, model: nn.Module) -> nn.Module:
+        """The model with full parameters, on rank 0."""
+        if not self.params_sharded:
+            return self.acc.unwrap_model(model)
+        saved = ckpt.rng_state()  # building a copy must not move the training RNG streams
+        copy = build_model(self.cfg)
+        configure_trainable(copy, self.cfg.lora)
+        copy.load_state_dict(self._full)
+        ckpt.set_rng_state(saved)
+        self._full = None
+        return copy
+
+    def optimizer_to_save(self, optimizer):
+        return None if self.state_sharded else optimizer
+
+    def load(self, path: Path, optimizer, scheduler) -> None:
+        if self.state_sharded:
+            self.acc.load_state(str(path / SHARDED_STATE))
+            scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        else:
+            ckpt.load_optimizer_and_scheduler(path, optimizer, scheduler)
 
 
 def _any(acc: Accelerator, flag: bool) -> bool:
@@ -260,12 +321,3 @@ def _any(acc: Accelerator, flag: bool) -> bool:
     t = torch.tensor([int(flag)], device=acc.device)
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
     return bool(t.item())
-
-
-def _all_ok(acc: Accelerator, ok: bool) -> bool:
-    return not _any(acc, not ok)
-
-
-def _out_of_time(acc: Accelerator, start: float, max_minutes: float | None) -> bool:
-    """Whether the time budget is spent on any rank, so that every rank stops at the same step."""
-    return max_minutes is not None and _any(acc, time.time() - start >= 60 * max_minutes)

@@ -1,0 +1,208 @@
+"""Training: config resolution, overfitting a handful of samples, exact resume, atomic
+checkpoints and a two-process DDP run on CPU (gloo)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from self1e.train import checkpoint as ckpt
+from self1e.train.config import TrainConfig, load_config
+from self1e.train.loop import train
+
+COLOURS = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (40, 160, 60), "yellow": (240, 210, 40)}
+
+
+def make_boxes(root: Path, n_images: int = 2, size: int = 56, seed: int = 0) -> Path:
+    """A JSONL split of images with two coloured boxes each (left and right half) and one
+    referring expression per box ("the red box"): the mask depends on the text."""
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    lines, half = [], size // 2
+    for i in range(n_images):
+        image = np.full((size, size, 3), 235, np.uint8)
+        names = list(COLOURS)
+        rng.shuffle(names)
+        for j, colour in enumerate(names[:2]):
+            x0, y0 = j * half + int(rng.integers(2, 6)), int(rng.integers(2, half // 2))
+            w, h = int(rng.integers(half // 2, half - 6)), int(rng.integers(half // 2, size - y0 - 4))
+            mask = np.zeros((size, size), bool)
+            mask[y0:y0 + h, x0:x0 + w] = True
+            image[mask] = COLOURS[colour]
+            Image.fromarray(mask.astype(np.uint8) * 255).save(root / "img" / f"{i}_{j}.png")
+            lines.append({"image": f"img/{i}.png", "text": f"the {colour} box", "mask": f"img/{i}_{j}.png"})
+        Image.fromarray(image).save(root / "img" / f"{i}.png")
+    path = root / "train.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+@pytest.fixture(scope="module")
+def boxes(tmp_path_factory) -> Path:
+    return make_boxes(tmp_path_factory.mktemp("boxes"))
+
+
+def tiny_cfg(data: Path, out: Path, *overrides: str) -> TrainConfig:
+    base = ["model=tiny:tiny", f"data=[{data}]", "lora.enabled=false", "lr=3e-3", "warmup_steps=2",
+            "log_every=1", "save_every=0", "batch_size=1"]
+    return load_config(None, base + list(overrides), out=str(out))
+
+
+def losses(out: Path) -> dict[int, float]:
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+# ---- config ----------------------------------------------------------------------------------
+def test_config_defaults_yaml_overrides_round_trip(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("lr: 3e-4\nbatch_size: 4\nlora: {r: 16, alpha: 32}\nself1e: {mask_head: rfr}\n"
+                      "data: [a.jsonl, {spec: b.jsonl, ratio: 2}]\n")
+    cfg = load_config(recipe, ["batch_size=8", "lora.enabled=false", "betas=[0.8, 0.99]", "val=null"])
+    assert cfg.lr == 3e-4  # YAML's "3e-4" string is read as a float
+    assert cfg.batch_size == 8  # --set beats the file
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.enabled) == (16, 32, False)
+    assert cfg.self1e.mask_head == "rfr" and cfg.self1e.bce_weight == 2.0  # untouched fields keep defaults
+    assert [(d.spec, d.ratio) for d in cfg.data] == [("a.jsonl", 1.0), ("b.jsonl", 2.0)]
+    assert cfg.betas == (0.8, 0.99) and cfg.warmup_steps == 100 and cfg.grad_clip == 1.0
+    cfg.save(tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml") == cfg
+    assert TrainConfig().lora.train_full and TrainConfig().lr == 1e-4
+
+
+@pytest.mark.parametrize("text, overrides, key", [
+    ("lora: {rank: 4}\n", [], "lora.rank"),
+    ("", ["optimiser.lr=1"], "optimiser"),
+    ("self1e: {head: rfa}\n", [], "self1e.head"),
+    ("data: [{spec: a.jsonl, weight: 2}]\n", [], "data[0].weight"),
+])
+def test_unknown_keys_are_named(tmp_path, text, overrides, key):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text)
+    with pytest.raises(ValueError, match=re.escape(f"unknown config key '{key}'")):
+        load_config(recipe, overrides)
+
+
+def test_bad_values_are_named():
+    with pytest.raises(ValueError, match="'batch_size'"):
+        load_config(None, ["batch_size=two"])
+    with pytest.raises(ValueError, match="'lora.enabled'"):
+        load_config(None, ["lora.enabled=maybe"])
+    with pytest.raises(ValueError, match="key=value"):
+        load_config(None, ["lr"])
+
+
+# ---- training ----------------------------------------------------------------------------------
+def test_overfits_a_handful_of_samples(boxes, tmp_path):
+    from self1e.data.jsonl import read_jsonl
+    from self1e.eval.evaluate import PredictorSource, evaluate
+    from self1e.predictor import Self1ePredictor
+
+    cfg = tiny_cfg(boxes, tmp_path / "run", "max_steps=300", "batch_size=2", "warmup_steps=10", "log_every=20",
+                   f"val={boxes}", "val_limit=null")
+    final = train(cfg)
+    hist = losses(tmp_path / "run")
+    assert hist[300] < 0.5 * hist[20]
+    result = evaluate(PredictorSource(Self1ePredictor.from_pretrained(final)), read_jsonl(boxes), progress=False)
+    assert result.metrics["gIoU"] > 0.9 and result.metrics["cIoU"] > 0.9, result.metrics
+    val = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if "val/cIoU" in x]
+    assert val and val[-1]["val/cIoU"] == pytest.approx(result.metrics["cIoU"])  # the loop's own validation
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["max_steps"] == 300
+
+
+def test_resume_continues_exactly(boxes, tmp_path):
+    from self1e.cli import main
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(tiny_cfg(boxes, straight, "max_steps=6", "save_every=2"))
+    # first half through the CLI (stop_at keeps the 6-step schedule), second half resumed
+    common = ["--set", "model=tiny:tiny", "--set", f"data=[{boxes}]", "--set", "lora.enabled=false",
+              "--set", "lr=3e-3", "--set", "warmup_steps=2", "--set", "log_every=1", "--set", "batch_size=1",
+              "--set", "max_steps=6", "--set", "save_every=2"]
+    assert main(["train", "--out", str(split), *common, "--set", "stop_at=3"]) == 0
+    assert ckpt.latest_checkpoint(split).name == "step_000003"
+    assert main(["train", "--out", str(split), *common, "--resume"]) == 0
+    a, b = losses(straight), losses(split)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
+    for step in a:
+        assert abs(a[step] - b[step]) <= 1e-6, (step, a[step], b[step])
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(straight / "final" / "model.safetensors"), load_file(split / "final" / "model.safetensors")
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) <= 1e-6
+
+
+def test_crash_mid_save_keeps_previous_checkpoint(boxes, tmp_path, monkeypatch):
+    from self1e.model import Self1eModel
+
+    real_save, calls = ckpt.save_file, []
+
+    def flaky(*args, **kwargs):  # the second checkpoint dies after its model folder is written
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk full (simulated)")
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save_file", flaky)
+    out = tmp_path / "run"
+    with pytest.raises(OSError, match="simulated"):
+        train(tiny_cfg(boxes, out, "max_steps=4", "save_every=2"))
+    latest = ckpt.latest_checkpoint(out)
+    assert latest.name == "step_000002"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step_000002"]
+    Self1eModel.from_pretrained(latest / "model")  # loadable
+    monkeypatch.setattr(ckpt, "save_file", real_save)
+    train(tiny_cfg(boxes, out, "max_steps=4", "save_every=2"), resume=True)
+    assert ckpt.latest_checkpoint(out).name == "step_000004"
+    assert sorted(losses(out)) == [1, 2, 3, 4]
+
+
+def test_lora_trains_adapters_and_exports_a_plain_checkpoint(boxes, tmp_path):
+    from self1e.model import Self1eModel
+
+    out = tmp_path / "lora"
+    final = train(tiny_cfg(boxes, out, "lora.enabled=true", "lora.r=4", "lora.alpha=8", "max_steps=2",
+                           "save_every=1"))
+    trainable = ckpt.load_file(out / "checkpoints" / "step_000002" / ckpt.TRAINABLE)
+    assert any(".lora_A." in k for k in trainable) and any(k.startswith("head.") for k in trainable)
+    assert not any("vision_tower.encoder.layer.0.attention.q_proj.base_layer" in k for k in trainable)
+    model = Self1eModel.from_pretrained(final)  # strict load: no lora_* or base_layer keys left
+    assert not any("lora" in n for n, _ in model.named_parameters())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ddp_on_cpu(boxes, tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text("import sys\nfrom self1e.cli import main\nsys.exit(main())\n")
+    out = tmp_path / "ddp"
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(_free_port())]
+    args = ["train", "--out", str(out), "--set", "model=tiny:tiny", "--set", f"data=[{boxes}]",
+            "--set", "lora.enabled=false", "--set", "max_steps=3", "--set", "batch_size=1",
+            "--set", "log_every=1", "--set", "save_every=2"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(launcher + [str(script)] + args, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(losses(out)) == [1, 2, 3]  # one metrics line per step: only rank 0 writes
+    dirs = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert dirs == ["latest", "step_000002", "step_000003"]  # each written once, no temp leftovers
+    for step in dirs[1:]:
+        d = out / "checkpoints" / step
+        assert (d / "rng_rank0.pt").is_file() and (d / "rng_rank1.pt").is_file()  # both ranks took part
+        assert json.loads((d / ckpt.STATE).read_text())["world_size"] == 2
+    assert (out / "final" / "model.safetensors").is_file()
