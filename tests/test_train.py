@@ -173,7 +173,11 @@ def test_lora_trains_adapters_and_exports_a_plain_checkpoint(boxes, tmp_path):
     final = train(tiny_cfg(boxes, out, "lora.enabled=true", "lora.r=4", "lora.alpha=8", "max_steps=2",
                            "save_every=1"))
     trainable = ckpt.load_file(out / "checkpoints" / "step_000002" / ckpt.TRAINABLE)
-    assert any(".lora_A." in k for k in trainable) and any(k.startswith("head.") for k in trainable)
+    adapted = {k.split(".lora_A.")[0].rsplit(".", 1)[1] for k in trainable if ".lora_A." in k}
+    assert sum(".lora_A." in k for k in trainable) == 2 * 7 + 2 * 6  # 2 LLM layers x 7, 2 ViT layers x 6
+    assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                       "projection_layer", "fc1", "fc2"}
+    assert any(k.startswith("head.") for k in trainable) and "base.lm_head.weight" in trainable
     assert not any("vision_tower.encoder.layer.0.attention.q_proj.base_layer" in k for k in trainable)
     model = Self1eModel.from_pretrained(final)  # strict load: no lora_* or base_layer keys left
     assert not any("lora" in n for n, _ in model.named_parameters())

@@ -1,9 +1,11 @@
 """`self1e train`: train SELF1E from a YAML recipe (one process, or several under `accelerate launch`).
 
     self1e train --config configs/refshapes_tiny.yaml --out runs/tiny [--set lr=3e-4 ...] [--resume]
-    accelerate launch --config_file configs/accelerate/ddp.yaml -m self1e.cli train --config ... --out ...
+    accelerate launch --config_file configs/accelerate/ddp.yaml $(which self1e) train --config ... --out ...
 """
 from __future__ import annotations
+
+import os
 
 
 def add_parser(sub) -> None:
@@ -25,5 +27,6 @@ def run(args) -> int:
     extra = {"out": args.out} if args.out else {}
     cfg = load_config(args.config, args.overrides, **extra)
     final = train(cfg, resume=args.resume)
-    print(final)
+    if int(os.environ.get("RANK", "0")) == 0:  # one line, also under `accelerate launch`
+        print(final)
     return 0

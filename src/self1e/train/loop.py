@@ -159,7 +159,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     set_seed(cfg.seed)
     model = build_model(cfg)
     if cfg.gradient_checkpointing:
-        model.base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.base.activation_checkpointing_enable({"use_reentrant": False})  # non-reentrant: frozen inputs are fine
     trainable = configure_trainable(model, cfg.lora)
     sources = [Source(d.spec, load_samples(d.spec), d.ratio) for d in cfg.data]
     val_samples = load_samples(cfg.val) if cfg.val else None
