@@ -223,12 +223,15 @@ class TrainBatches:
             self.epoch, self.position = self.epoch + 1, 0
 
     def state_dict(self) -> dict:
-        return {"seed": self.seed, "epoch": self.epoch, "position": self.position, "world_size": self.world_size}
+        return {"seed": self.seed, "epoch": self.epoch, "position": self.position, "world_size": self.world_size,
+                "batch_size": self.plan.batch_size, "k": self.plan.k}
 
     def load_state_dict(self, state: dict) -> None:
         if state["seed"] != self.seed:
             raise ValueError(f"data state was saved with seed {state['seed']}, this run uses {self.seed}")
-        if state.get("world_size", self.world_size) != self.world_size:
-            log.warning("resuming data order saved with %d processes on %d: the epoch's order is kept, but "
-                        "the split over processes changes", state["world_size"], self.world_size)
+        saved = (state.get("world_size"), state.get("batch_size"), state.get("k"))
+        if saved != (self.world_size, self.plan.batch_size, self.plan.k):
+            log.warning("resuming a data order saved with (processes, batch size, K) = %s under %s: the position "
+                        "is kept but the order from here on differs from the original run's", saved,
+                        (self.world_size, self.plan.batch_size, self.plan.k))
         self.epoch, self.position = int(state["epoch"]), int(state["position"])

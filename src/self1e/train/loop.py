@@ -140,6 +140,29 @@ def validate(acc: Accelerator, model: nn.Module, samples: list, cfg: TrainConfig
     return {"val/cIoU": m["cIoU"], "val/gIoU": m["gIoU"], "val/n": m["n"]}
 
 
+def build_all(cfg: TrainConfig, rank: int, world: int) -> tuple[Self1eModel, list[nn.Parameter], TrainBatches]:
+    """The model with its trainable parameters marked, and this rank's batch stream."""
+    model = build_model(cfg)
+    if cfg.gradient_checkpointing:
+        model.base.activation_checkpointing_enable({"use_reentrant": False})  # non-reentrant: frozen inputs are fine
+    trainable = configure_trainable(model, cfg.lora)
+    sources = [Source(d.spec, load_samples(d.spec), d.ratio) for d in cfg.data]
+    batches = TrainBatches(sources, model.processor, cfg.batch_size, cfg.expressions_per_image, cfg.seed,
+                           rank, world, cfg.num_workers)
+    return model, trainable, batches
+
+
+def restore(path: Path, acc: Accelerator, sharding: "Sharding", optimizer, scheduler, batches: TrainBatches) -> int:
+    """Optimizer, scheduler, data position and RNG streams from a checkpoint; returns its step."""
+    sharding.load(path, optimizer, scheduler)
+    state = ckpt.read_state(path, acc.process_index)
+    batches.load_state_dict(state["data"])
+    ckpt.set_rng_state(state["rng"])
+    if acc.is_main_process:
+        log.info("resumed from %s at step %d", path, state["step"])
+    return int(state["step"])
+
+
 # ---- the loop ------------------------------------------------------------------------------------
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
     """Train as ``cfg`` says; returns the final model folder ``OUT/final`` (a plain self1e
@@ -157,20 +180,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / "config.yaml")
     set_seed(cfg.seed)
-    model = build_model(cfg)
-    if cfg.gradient_checkpointing:
-        model.base.activation_checkpointing_enable({"use_reentrant": False})  # non-reentrant: frozen inputs are fine
-    trainable = configure_trainable(model, cfg.lora)
-    sources = [Source(d.spec, load_samples(d.spec), d.ratio) for d in cfg.data]
+    model, trainable, batches = build_all(cfg, rank, world)
     val_samples = load_samples(cfg.val) if cfg.val else None
-    batches = TrainBatches(sources, model.processor, cfg.batch_size, cfg.expressions_per_image, cfg.seed,
-                           rank, world, cfg.num_workers)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(batches) / cfg.grad_accum))
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, total))
     set_seed(cfg.seed, device_specific=True)  # per-rank dropout streams, after the identical init
     latest = ckpt.latest_checkpoint(out) if resume else None
-    if latest is not None:
+    if latest is not None:  # before prepare: ZeRO-3 / FSDP shard the parameters
         ckpt.load_trainable(model, latest / ckpt.TRAINABLE)
     if main:
         log.info("training %.2f M of %.2f M parameters for %d steps (%d micro-batches per epoch per process, "
@@ -179,13 +196,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     model, optimizer = acc.prepare(model, optimizer)
     step = 0
     if latest is not None:
-        sharding.load(latest, optimizer, scheduler)
-        state = ckpt.read_state(latest, rank)
-        step = state["step"]
-        batches.load_state_dict(state["data"])
-        ckpt.set_rng_state(state["rng"])
-        if main:
-            log.info("resumed from %s at step %d", latest, step)
+        step = restore(latest, acc, sharding, optimizer, scheduler, batches)
     elif resume and main:
         log.info("no checkpoint in %s: starting from scratch", out / ckpt.CHECKPOINTS)
     metrics = MetricsLog(out, main, step)
