@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -200,8 +201,15 @@ def test_two_process_ddp_on_cpu(boxes, tmp_path):
             "--set", "lora.enabled=false", "--set", "max_steps=3", "--set", "batch_size=1",
             "--set", "log_every=1", "--set", "save_every=2"]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(launcher + [str(script)] + args, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.Popen(launcher + [str(script)] + args, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        log, _ = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks: leave no orphan behind
+        log, _ = proc.communicate()
+        pytest.fail(f"the two-process run did not finish in 240 s:\n{log[-3000:]}")
+    assert proc.returncode == 0, log[-3000:]
     assert sorted(losses(out)) == [1, 2, 3]  # one metrics line per step: only rank 0 writes
     dirs = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert dirs == ["latest", "step_000002", "step_000003"]  # each written once, no temp leftovers

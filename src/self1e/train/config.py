@@ -76,6 +76,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
     grad_clip: float = 1.0  # max global gradient norm (0: no clipping)
     bf16: bool = True  # bf16 autocast on CUDA; ignored on CPU (always float32 there)
+    cpu_threads: int | None = None  # torch.set_num_threads on CPU-only runs (None: torch's default); 1 avoids oversubscription
     gradient_checkpointing: bool = False  # recompute LLM / ViT layer activations in the backward pass
     lora: LoraSettings = field(default_factory=LoraSettings)
     # -- bookkeeping
@@ -91,6 +92,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"config key '{name}' must be >= 1, got {getattr(self, name)}")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ValueError(f"config key 'cpu_threads' must be >= 1 or null, got {self.cpu_threads}")
         for name in ("num_workers", "warmup_steps", "log_every", "eval_every", "save_every", "keep_checkpoints",
                      "weight_decay", "grad_clip"):
             if getattr(self, name) < 0:

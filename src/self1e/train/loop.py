@@ -174,6 +174,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     acc = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and cfg.bf16 else "no",
                       gradient_accumulation_steps=cfg.grad_accum, step_scheduler_with_optimizer=False)
     main, rank, world = acc.is_main_process, acc.process_index, acc.num_processes
+    if not cuda and cfg.cpu_threads is not None:
+        torch.set_num_threads(cfg.cpu_threads)
     sharding = Sharding(acc, cfg)
     out = Path(cfg.out)
     if main:
@@ -258,7 +260,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     if val_samples is not None and evaluated_at != step:
         metrics.write({"step": step, **validate(acc, model, val_samples, cfg)})
     metrics.close()
-    return export_final(acc, sharding, model, cfg, out)
+    final = export_final(acc, sharding, model, cfg, out)
+    # Release the DDP wrapper (its reducer holds the process group) while every rank is still alive:
+    # freed after destroy_process_group, gloo's teardown can hang waiting for a peer that has exited.
+    del model
+    acc.free_memory()
+    acc.wait_for_everyone()
+    acc.end_training()
+    return final
 
 
 def export_final(acc: Accelerator, sharding: "Sharding", model: nn.Module, cfg: TrainConfig, out: Path) -> Path:
@@ -271,8 +280,6 @@ def export_final(acc: Accelerator, sharding: "Sharding", model: nn.Module, cfg: 
         cfg.save(tmp / "train_config.yaml")
         ckpt.publish_dir(tmp, final)
         log.info("final model: %s", final)
-    acc.wait_for_everyone()
-    acc.end_training()
     return final
 
 
