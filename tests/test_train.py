@@ -167,6 +167,28 @@ def test_crash_mid_save_keeps_previous_checkpoint(boxes, tmp_path, monkeypatch):
     assert sorted(losses(out)) == [1, 2, 3, 4]
 
 
+def test_time_budget_stops_cleanly_and_fresh_runs_do_not_overwrite(boxes, tmp_path):
+    from self1e.model import Self1eModel
+
+    out = tmp_path / "budget"
+    final = train(tiny_cfg(boxes, out, "max_steps=50", "max_minutes=0"))  # budget spent after one step
+    assert sorted(losses(out)) == [1]
+    assert ckpt.latest_checkpoint(out).name == "step_000001"
+    Self1eModel.from_pretrained(final)
+    with pytest.raises(ValueError, match="resume"):
+        train(tiny_cfg(boxes, out, "max_steps=50"))
+
+
+def test_lr_schedule_warms_up_then_decays_linearly():
+    from self1e.train.loop import lr_lambda
+
+    f = lr_lambda(warmup=4, total=10)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert [round(f(s), 6) for s in range(4, 10)] == [1.0, round(5 / 6, 6), round(4 / 6, 6), 0.5, round(2 / 6, 6),
+                                                     round(1 / 6, 6)]
+    assert lr_lambda(0, 5)(0) == 1.0
+
+
 def test_lora_trains_adapters_and_exports_a_plain_checkpoint(boxes, tmp_path):
     from self1e.model import Self1eModel
 

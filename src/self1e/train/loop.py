@@ -189,6 +189,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, total))
     set_seed(cfg.seed, device_specific=True)  # per-rank dropout streams, after the identical init
     latest = ckpt.latest_checkpoint(out) if resume else None
+    if not resume and (out / ckpt.CHECKPOINTS).is_dir():
+        raise ValueError(f"{out / ckpt.CHECKPOINTS} holds an earlier run: pass --resume (resume=True) to continue "
+                         "it, or use another output folder")
     if latest is not None:  # before prepare: ZeRO-3 / FSDP shard the parameters
         ckpt.load_trainable(model, latest / ckpt.TRAINABLE)
     if main:
