@@ -1,6 +1,7 @@
 """The paper's ablation ladder on RefShapes: every rung trained with the same recipe and budget.
 
-    python benchmarks/ablation.py --config configs/refshapes_tiny.yaml --steps 1500 --seeds 0 1 2
+    python benchmarks/ablation.py --config configs/refshapes_default.yaml --steps 500 --seeds 0 1 2 \\
+        --set warmup_steps=50 --set 'data=[refshapes:train:20000:0]'
 
 Rungs: compressed, hq, rfr, rfa (causal attention) and rfa with the bidirectional segmentation
 mask. Each (rung, seed) is trained from scratch by ``self1e.train`` with only ``self1e.mask_head``,
@@ -19,7 +20,8 @@ RUNGS = (("compressed", "causal"), ("hq", "causal"), ("rfr", "causal"), ("rfa", 
 METRICS = ("cIoU", "gIoU", "N_acc", "T_acc")
 
 
-def run_one(config: str, rung: str, attention: str, seed: int, steps: int, out: Path, test: str) -> dict:
+def run_one(config: str, rung: str, attention: str, seed: int, steps: int, out: Path, test: str,
+            overrides: list[str]) -> dict:
     from self1e.data.datasets import load_dataset
     from self1e.eval.evaluate import PredictorSource, evaluate
     from self1e.predictor import Self1ePredictor
@@ -28,7 +30,7 @@ def run_one(config: str, rung: str, attention: str, seed: int, steps: int, out: 
 
     run_dir = out / f"{rung}-{attention}-seed{seed}"
     cfg = load_config(config, [f"self1e.mask_head={rung}", f"self1e.seg_attention={attention}", f"seed={seed}",
-                               f"max_steps={steps}", "val=null", "save_every=0", "max_minutes=null", f"out={run_dir}"])
+                               f"max_steps={steps}", "val=null", "save_every=0", "max_minutes=null", f"out={run_dir}", *overrides])
     start = time.time()
     final = train(cfg)
     minutes = (time.time() - start) / 60
@@ -57,19 +59,20 @@ def table(records: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="configs/refshapes_tiny.yaml")
-    p.add_argument("--steps", type=int, default=1500, help="optimizer steps per run (the same budget for all)")
+    p.add_argument("--config", default="configs/refshapes_default.yaml")
+    p.add_argument("--steps", type=int, default=500, help="optimizer steps per run (the same budget for all)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--test", default="refshapes:test:400:2026", help="evaluation dataset spec")
     p.add_argument("--out", default="runs/ablation")
     p.add_argument("--results", default="benchmarks/results/ablation.json")
+    p.add_argument("--set", dest="overrides", action="append", default=[], help="extra config override key=value")
     p.add_argument("--rungs", default=None, help="comma-separated subset, e.g. rfa-causal,rfa-bidirectional")
     args = p.parse_args(argv)
     rungs = RUNGS if not args.rungs else tuple(tuple(r.split("-")) for r in args.rungs.split(","))
     out, records = Path(args.out), []
     for seed in args.seeds:
         for rung, attention in rungs:
-            records.append(run_one(args.config, rung, attention, seed, args.steps, out, args.test))
+            records.append(run_one(args.config, rung, attention, seed, args.steps, out, args.test, args.overrides))
             print(json.dumps(records[-1]), flush=True)
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps({"config": args.config, "steps": args.steps, "seeds": args.seeds,
