@@ -11,7 +11,7 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--train", action="store_true", help="retrain the default recipe from scratch first")
     p.add_argument("--budget-minutes", type=float, default=10.0, help="training time budget with --train")
-    p.add_argument("--model-dir", default="runs/demo-train", help="where --train writes its run")
+    p.add_argument("--model-dir", default=None, help="where --train writes its run (default: runs/demo-train-<time>)")
     p.add_argument("--web", action="store_true", help="serve the interactive web demo instead (needs self1e[demo])")
     p.add_argument("--port", type=int, default=7860, help="port of the web demo (on 127.0.0.1)")
     p.set_defaults(run=run)
@@ -24,7 +24,10 @@ def run(args) -> int:
     if args.train:
         from ..train.recipe import train_default_recipe
 
-        model = str(train_default_recipe(args.model_dir, budget_minutes=args.budget_minutes))
+        import time
+
+        run_dir = args.model_dir or time.strftime("runs/demo-train-%Y%m%d-%H%M%S")
+        model = str(train_default_recipe(run_dir, budget_minutes=args.budget_minutes))
     if args.web:
         from ..predictor import Self1ePredictor
         from ..web import build_app
