@@ -63,6 +63,7 @@ class TinySpec:
 TINY_SPECS = {
     "tiny": TinySpec(),  # tests: 8x8 patches, 16 LLM image tokens, 32x32 rfa mask
     "small": TinySpec(224, 14, 64, 2, 2, 96, 3, 4, 2),  # RefShapes default model: 16x16 patches
+    "small112": TinySpec(112, 14, 64, 2, 2, 96, 3, 4, 2),  # the same widths at 112 px: the CPU ablation
 }
 
 
