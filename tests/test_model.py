@@ -215,3 +215,14 @@ def test_batched_mask_loss_equals_mean_of_per_row_losses():
     batch.mask_targets[2] = (torch.rand(24, 20) > 0.5).float()  # different shapes: the per-row path
     per_row[1] = mask_loss(logits[2][None], batch.mask_targets[2][None], 2.0, 0.5) + mask_loss(aux[2][None], batch.mask_targets[2][None], 2.0, 0.5)
     assert torch.allclose(model._mask_loss(torch.arange(3), logits, aux, batch), sum(per_row) / 2, atol=1e-6)
+
+
+def test_segmentation_batches_carry_no_lm_labels_so_inference_skips_lm_work():
+    model = make("rfa").eval()
+    batch = seg_batch(model)
+    assert (batch.labels == -100).all()
+    calls = []
+    model.base.lm_head.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        out = model(batch)
+    assert calls == [] and out.lm_logits is None and out.loss is None

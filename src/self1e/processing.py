@@ -200,6 +200,8 @@ class Self1eProcessor:
         """Teacher-forced inference batch: each text asks for a mask of its image, answered "[SEG].".
         Without ``image_index`` the i-th text belongs to the i-th image."""
         image_index = list(range(len(texts))) if image_index is None else list(image_index)
-        rows = [self.conversation(self.seg_question(t), INFERENCE_ANSWER, self.n_tiles(images[i].grid), close=False)
-                for t, i in zip(texts, image_index)]
+        rows = []
+        for t, i in zip(texts, image_index):
+            ids, _ = self.conversation(self.seg_question(t), INFERENCE_ANSWER, self.n_tiles(images[i].grid), close=False)
+            rows.append((ids, [IGNORE_INDEX] * len(ids)))  # no LM loss: inference needs neither it nor LM logits
         return self.collate(rows, images, image_index)
