@@ -1,0 +1,37 @@
+"""Smoke test of benchmarks/bench_model.py on the tiny geometry (one timed run per variant)."""
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_model.py"
+VARIANTS = {"plain", "seg", "seg_causal", "seg_lm_logits", "seg_labelled", "seg_eager", "seg_eager_llm",
+            "head", "hq_projection"}
+RATIOS = {"seg_over_plain", "seg_causal_over_plain", "seg_lm_logits_over_plain", "seg_labelled_over_plain",
+          "head_share_of_plain", "eager_over_sdpa", "eager_llm_over_sdpa"}
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_model", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_benchmark_writes_positive_times(tmp_path):
+    out = tmp_path / "bench.json"
+    returned = load_bench().main(["--geometry", "tiny", "--repeats", "1", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report == json.loads(json.dumps(returned))
+    assert {"cpu_count", "torch", "transformers", "threads", "date"} <= set(report["machine"])
+    res = report["results"]["tiny"]
+    for key in ("ms", "cpu_ms"):
+        assert set(res[key]) == VARIANTS and all(v > 0 for v in res[key].values())
+    assert all(len(runs) == 1 for runs in res["runs_ms"].values())
+    for key in ("ratios", "cpu_ratios"):
+        assert set(res[key]) == RATIOS and all(v > 0 for v in res[key].values())
+    checks = res["checks"]
+    assert checks["eager_calls"] == {"seg": {"llm": 0, "vit": 0}, "seg_eager": {"llm": 2, "vit": 2},
+                                     "seg_eager_llm": {"llm": 2, "vit": 0}}  # 2 layers each in the tiny model
+    assert all(diff < 1e-4 for diff in checks["max_abs_diff_vs_sdpa"].values())
+    assert checks["llm_passes_labelled"] == 2  # the LM loss adds a causal pass under the bidirectional mask
+    assert checks["mask_grid"] == [16, 16]  # rfa: 4x the 4x4 LLM grid of the 56 px tiny tile
