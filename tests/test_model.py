@@ -226,3 +226,18 @@ def test_segmentation_batches_carry_no_lm_labels_so_inference_skips_lm_work():
     with torch.no_grad():
         out = model(batch)
     assert calls == [] and out.lm_logits is None and out.loss is None
+
+
+def test_lm_loss_on_labelled_positions_equals_full_cross_entropy():
+    import torch.nn.functional as F
+
+    model = make("rfa", "causal").train()
+    p = model.processor
+    im = p.image_input(image())
+    rows = [p.conversation(p.seg_question("the red circle"), "Sure, [SEG].", 1),
+            p.conversation("What color is the star?", "Red.", 1)]
+    batch = p.collate(rows, [im], [0, 0])
+    out = model(batch, return_lm_logits=True)
+    full = F.cross_entropy(out.lm_logits[:, :-1].flatten(0, 1), batch.labels[:, 1:].flatten(), ignore_index=-100)
+    assert torch.allclose(out.lm_loss, full, atol=1e-6)
+    assert torch.allclose(model(batch).lm_loss, full, atol=1e-6)

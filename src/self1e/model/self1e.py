@@ -182,10 +182,12 @@ class Self1eModel(nn.Module):
             # A causal pass for the LM loss, so predicting [SEG] cannot peek at [SEG] through the image.
             causal_needed = bidirectional and self.config.causal_lm_loss and has_labels
             lm_hidden = self._llm(embeds, batch.input_ids, batch.attention_mask, False) if causal_needed else hidden
-            lm_logits = self.base.lm_head(lm_hidden)
-            if has_labels:
-                lm_loss = F.cross_entropy(lm_logits[:, :-1].flatten(0, 1).float(), batch.labels[:, 1:].flatten(),
-                                          ignore_index=IGNORE_INDEX)
+            if return_lm_logits:
+                lm_logits = self.base.lm_head(lm_hidden)
+            if has_labels:  # the LM head only where a label is (exact; avoids B x L x V logits)
+                keep = batch.labels[:, 1:] != IGNORE_INDEX
+                scored = lm_logits[:, :-1][keep] if lm_logits is not None else self.base.lm_head(lm_hidden[:, :-1][keep])
+                lm_loss = F.cross_entropy(scored.float(), batch.labels[:, 1:][keep])
 
         seg_rows, mask_logits, aux_logits = self._masks(hidden, batch, feats, with_aux)
         m_loss = self._mask_loss(seg_rows, mask_logits, aux_logits, batch)
