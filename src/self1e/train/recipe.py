@@ -7,7 +7,7 @@ from pathlib import Path
 from ..checkpoint import DEFAULT_MODEL_DIR
 
 log = logging.getLogger(__name__)
-RECIPE = DEFAULT_MODEL_DIR / "train_config.yaml"
+RECIPE = DEFAULT_MODEL_DIR / "recipe_from_scratch.yaml"  # stage 1 of the shipped model, from random init
 # Optimizer steps per minute of the recipe on one core of the development machine (2-core x86 VM),
 # measured from the shipped model's own metrics; it sets the step count, so the LR schedule ends
 # when the budget does. ``max_minutes`` stops the run on slower machines anyway.
