@@ -14,7 +14,7 @@ import torch
 
 from .model import Self1eConfig, Self1eModel
 from .model.losses import resize_logits
-from .processing import ImageInput, to_rgb
+from .processing import IGNORE_INDEX, ImageInput, to_rgb
 
 
 @dataclass
@@ -117,5 +117,5 @@ class Self1ePredictor:
         if self.model.seg_token_id not in new:
             return answer, None
         cut = new.index(self.model.seg_token_id) + 1
-        batch = p.collate([(ids + new[:cut], [-100] * (len(ids) + cut))], [self._image], [0]).to(self.device, self.model.dtype)
+        batch = p.collate([(ids + new[:cut], [IGNORE_INDEX] * (len(ids) + cut))], [self._image], [0]).to(self.device, self.model.dtype)
         return answer, to_result(question, self.model(batch).mask_logits[0], self._image.size)

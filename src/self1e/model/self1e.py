@@ -6,7 +6,6 @@ custom 4D attention mask to the language model.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,6 @@ from .head import MaskHead
 from .losses import mask_loss
 from .pixel_shuffle import pixel_shuffle, project_replicated
 
-log = logging.getLogger(__name__)
 
 
 @dataclass
