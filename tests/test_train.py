@@ -240,3 +240,18 @@ def test_two_process_ddp_on_cpu(boxes, tmp_path):
         assert (d / "rng_rank0.pt").is_file() and (d / "rng_rank1.pt").is_file()  # both ranks took part
         assert json.loads((d / ckpt.STATE).read_text())["world_size"] == 2
     assert (out / "final" / "model.safetensors").is_file()
+
+
+def test_data_kinds_filter_keeps_only_listed_kinds():
+    from self1e.data.batching import load_samples
+    from self1e.train.loop import select_kinds
+
+    cfg = load_config(overrides=["data=[{spec: 'refshapes:train:60:3', kinds: [none, multi]}, 'refshapes:train:20:4']"])
+    assert cfg.data[0].kinds == ("none", "multi") and cfg.data[1].kinds is None
+    samples = load_samples(cfg.data[0].spec)
+    kept = select_kinds(samples, cfg.data[0])
+    assert kept and {s.kind for s in kept} == {"none", "multi"}
+    assert len(kept) == sum(s.kind in ("none", "multi") for s in samples) < len(samples)
+    assert select_kinds(samples, cfg.data[1]) is samples
+    with pytest.raises(ValueError, match="no sample of kinds"):
+        select_kinds(samples, load_config(overrides=["data=[{spec: x.jsonl, kinds: [vqa]}]"]).data[0])

@@ -30,6 +30,7 @@ class DataSpec:
 
     spec: str  # a JSONL path or a named dataset spec understood by self1e.data.datasets.load_dataset
     ratio: float = 1.0  # relative sampling weight in the mix (any positive number)
+    kinds: tuple[str, ...] | None = None  # keep only samples whose `kind` is listed (None: all)
 
 
 @dataclass(frozen=True)

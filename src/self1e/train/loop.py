@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ..data.batching import Source, TrainBatches, load_samples
 from ..model import Self1eModel
 from . import checkpoint as ckpt
-from .config import LoraSettings, TrainConfig
+from .config import DataSpec, LoraSettings, TrainConfig
 
 log = logging.getLogger(__name__)
 LOSSES = ("loss", "lm_loss", "mask_loss")
@@ -146,10 +146,21 @@ def build_all(cfg: TrainConfig, rank: int, world: int) -> tuple[Self1eModel, lis
     if cfg.gradient_checkpointing:
         model.base.activation_checkpointing_enable({"use_reentrant": False})  # non-reentrant: frozen inputs are fine
     trainable = configure_trainable(model, cfg.lora)
-    sources = [Source(d.spec, load_samples(d.spec), d.ratio) for d in cfg.data]
+    sources = [Source(d.spec, select_kinds(load_samples(d.spec), d), d.ratio) for d in cfg.data]
     batches = TrainBatches(sources, model.processor, cfg.batch_size, cfg.expressions_per_image, cfg.seed,
                            rank, world, cfg.num_workers)
     return model, trainable, batches
+
+
+def select_kinds(samples: list, d: DataSpec) -> list:
+    """The samples of ``d`` whose ``kind`` is one of ``d.kinds`` (all of them when kinds is unset)."""
+    if d.kinds is None:
+        return samples
+    kept = [s for s in samples if s.kind in d.kinds]
+    if not kept:
+        found = sorted({str(s.kind) for s in samples})
+        raise ValueError(f"dataset {d.spec!r}: no sample of kinds {list(d.kinds)} (its kinds: {found})")
+    return kept
 
 
 def restore(path: Path, acc: Accelerator, sharding: "Sharding", optimizer, scheduler, batches: TrainBatches) -> int:
