@@ -36,19 +36,10 @@ class Source:
 
 
 def load_samples(spec: str) -> list[Sample]:
-    """A dataset spec -> samples, through ``self1e.data.datasets.load_dataset`` (JSONL paths and
-    the named datasets); falls back to reading a ``.jsonl`` path directly."""
-    try:
-        from .datasets import load_dataset
-    except ImportError:  # the dataset registry is optional; a JSONL path always works
-        load_dataset = None
-    if load_dataset is not None:
-        return list(load_dataset(spec))
-    if spec.endswith(".jsonl"):
-        from .jsonl import read_jsonl
+    """A dataset spec (a JSONL path or a named dataset) -> samples, as a list."""
+    from .datasets import load_dataset
 
-        return read_jsonl(spec)
-    raise ValueError(f"cannot load dataset spec {spec!r}: expected a .jsonl path")
+    return list(load_dataset(spec))
 
 
 def image_key(sample: Sample) -> object:
