@@ -241,3 +241,34 @@ def test_lm_loss_on_labelled_positions_equals_full_cross_entropy():
     full = F.cross_entropy(out.lm_logits[:, :-1].flatten(0, 1), batch.labels[:, 1:].flatten(), ignore_index=-100)
     assert torch.allclose(out.lm_loss, full, atol=1e-6)
     assert torch.allclose(model(batch).lm_loss, full, atol=1e-6)
+
+
+def test_set_image_size_resamples_the_vit_grid_and_round_trips(tmp_path):
+    """Training at another tile size: build_model applies TrainConfig.image_size; the class token is kept,
+    a constant grid stays constant, the same size is a no-op, and the checkpoint reloads at the new size."""
+    from self1e.train.config import load_config
+    from self1e.train.loop import build_model
+
+    model = make(seed=1).eval()
+    emb = model.base.model.vision_tower.embeddings
+    before = emb.position_embeddings.detach().clone()  # class token + 8 x 8 patches
+    model.set_image_size(56)
+    assert torch.allclose(emb.position_embeddings, before, atol=1e-6)
+    with torch.no_grad():
+        emb.position_embeddings[:, 1:] = 0.25
+    model.set_image_size(112)
+    after = emb.position_embeddings
+    assert after.shape == (1, 1 + 16 * 16, before.shape[-1]) and after.requires_grad
+    assert torch.equal(after[:, 0], before[:, 0]) and torch.allclose(after[:, 1:], torch.full_like(after[:, 1:], 0.25))
+    assert model.processor.image_size == 112 and model.processor.grid_side == 8
+    batch = seg_batch(model)
+    assert tuple(model(batch).mask_logits[0].shape) == (32, 32)
+    model.save_pretrained(tmp_path)
+    loaded = Self1eModel.from_pretrained(tmp_path).eval()
+    assert loaded.processor.image_size == 112
+    with torch.no_grad():
+        assert torch.equal(model(batch).mask_logits[0], loaded(batch).mask_logits[0])
+    with pytest.raises(ValueError, match="multiple of twice the patch size"):
+        model.set_image_size(60)
+    trained = build_model(load_config(None, model="tiny:tiny", image_size=112))
+    assert trained.processor.tokens_per_tile == 64

@@ -87,9 +87,33 @@ class Self1eModel(nn.Module):
         self.image_token_id = base.config.image_token_id
         self.head = MaskHead(base.config.text_config.hidden_size, config.mask_head)
         self.head.to(device=emb.weight.device, dtype=emb.weight.dtype)
-        vc = base.config.vision_config
-        self.processor = Self1eProcessor(tokenizer, vc.image_size[0], vc.patch_size[0], config.max_tiles,
-                                         config.use_thumbnail, config.seg_token, config.loss_short_side)
+        self._make_processor()
+
+    def _make_processor(self) -> None:
+        vc, c = self.base.config.vision_config, self.config
+        self.processor = Self1eProcessor(self.tokenizer, vc.image_size[0], vc.patch_size[0], c.max_tiles,
+                                         c.use_thumbnail, c.seg_token, c.loss_short_side)
+
+    def set_image_size(self, size: int) -> None:
+        """Move the ViT to ``size`` x ``size`` tiles: its absolute position embeddings are resampled
+        (bicubic, class token kept) to the new patch grid, and the configs and processor follow.
+        A checkpoint trained at one resolution then starts fine-tuning at another."""
+        vc = self.base.config.vision_config
+        patch = vc.patch_size[0]
+        if size % (2 * patch):
+            raise ValueError(f"image size {size} must be a multiple of twice the patch size ({2 * patch})")
+        emb = self.base.model.vision_tower.embeddings
+        old = emb.position_embeddings
+        if old is None:
+            raise ValueError("this vision tower has no absolute position embeddings to resample")
+        g0, g1, dim = vc.image_size[0] // patch, size // patch, old.shape[-1]
+        grid = old.data[:, 1:].reshape(1, g0, g0, dim).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid.float(), size=(g1, g1), mode="bicubic", align_corners=False)
+        grid = grid.permute(0, 2, 3, 1).reshape(1, g1 * g1, dim).to(old.dtype)
+        emb.position_embeddings = nn.Parameter(torch.cat([old.data[:, :1], grid], 1), requires_grad=old.requires_grad)
+        emb.image_size = vc.image_size = [size, size]
+        self.base.config.image_seq_length = (g1 // 2) ** 2
+        self._make_processor()
 
     # ---- construction ---------------------------------------------------------------------------
     @classmethod

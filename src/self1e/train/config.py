@@ -56,6 +56,7 @@ class TrainConfig:
     model: str = "tiny:small"  # a model folder (InternVL -hf or self1e checkpoint), "default", or tiny:<name> (random init)
     self1e: Self1eConfig = field(default_factory=Self1eConfig)  # SELF1E settings (mask head rung, loss weights, ...)
     attn_implementation: str = "sdpa"  # sdpa | eager
+    image_size: int | None = None  # train at this tile size: the ViT position embeddings are resampled (None: keep)
     # -- data
     data: tuple[DataSpec, ...] = ()  # the training mix; at least one segmentation sample per micro-batch
     val: str | None = None  # validation dataset spec for periodic cIoU / gIoU (None: no evaluation)

@@ -32,15 +32,20 @@ SHARDED_STATE = "sharded_state"  # accelerate.save_state folder under DeepSpeed 
 
 # ---- setup ---------------------------------------------------------------------------------------
 def build_model(cfg: TrainConfig) -> Self1eModel:
-    """``tiny:<name>`` -> a random-init tiny model (seeded); anything else -> a model folder."""
+    """``tiny:<name>`` -> a random-init tiny model (seeded); anything else -> a model folder. With
+    ``cfg.image_size`` the ViT is moved to that tile size."""
     if cfg.model.startswith("tiny:"):
         from ..model.tiny import build_tiny_base
 
         base, tokenizer = build_tiny_base(cfg.model.split(":", 1)[1], seed=cfg.seed)
         base.set_attn_implementation(cfg.attn_implementation)
-        return Self1eModel.from_base(base, tokenizer, cfg.self1e)
-    return Self1eModel.from_pretrained(cfg.model, config=cfg.self1e, dtype=torch.float32,
-                                       attn_implementation=cfg.attn_implementation)
+        model = Self1eModel.from_base(base, tokenizer, cfg.self1e)
+    else:
+        model = Self1eModel.from_pretrained(cfg.model, config=cfg.self1e, dtype=torch.float32,
+                                            attn_implementation=cfg.attn_implementation)
+    if cfg.image_size is not None and cfg.image_size != model.processor.image_size:
+        model.set_image_size(cfg.image_size)
+    return model
 
 
 def lora_target_regex(lora: LoraSettings) -> str:
