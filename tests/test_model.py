@@ -217,6 +217,44 @@ def test_batched_mask_loss_equals_mean_of_per_row_losses():
     assert torch.allclose(model._mask_loss(torch.arange(3), logits, aux, batch), sum(per_row) / 2, atol=1e-6)
 
 
+def test_ignored_pixels_take_no_mask_loss():
+    """A target whose right half is ignored scores like the left half alone, and sends no gradient right."""
+    from self1e.model.losses import mask_loss
+    from self1e.processing import IGNORE_PIXEL
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 16, 16, requires_grad=True)
+    target = (torch.rand(2, 16, 16) > 0.5).float()
+    ignored = target.clone()
+    ignored[:, :, 8:] = IGNORE_PIXEL
+    loss = mask_loss(logits, ignored, 2.0, 0.5)
+    assert torch.allclose(loss, mask_loss(logits[:, :, :8], target[:, :, :8], 2.0, 0.5), atol=1e-6)
+    assert not torch.allclose(loss, mask_loss(logits, target, 2.0, 0.5))
+    loss.backward()
+    assert logits.grad[:, :, 8:].abs().max() == 0 and logits.grad[:, :, :8].abs().max() > 0
+
+
+def test_training_targets_carry_the_ignore_region():
+    """make_batch reads a sample's ignore map: those target pixels are IGNORE_PIXEL, the rest 0 / 1."""
+    from self1e.data.batching import Source, TrainBatches
+    from self1e.data.sample import Sample
+    from self1e.processing import IGNORE_PIXEL
+
+    model = make()
+    mask = np.zeros((56, 56), bool)
+    mask[10:30, 10:30] = True
+    ignore = np.zeros((56, 56), bool)
+    ignore[40:, :] = True
+    s = Sample("a", lambda: image(), text="the red circle", mask=lambda: mask, ignore=lambda: ignore)
+    batches = TrainBatches([Source("mine", [s], 1.0)], model.processor, batch_size=1)
+    target = batches.make_batch(0, 0).mask_targets[0]
+    side = target.shape[0]
+    assert target.shape == (side, side) and (target == IGNORE_PIXEL).any()
+    rows = (target == IGNORE_PIXEL).all(1).nonzero()[:, 0]
+    assert rows.min() >= side * 40 // 56 - 1 and rows.max() == side - 1
+    assert set(target[: side // 2].unique().tolist()) == {0.0, 1.0}
+
+
 def test_segmentation_batches_carry_no_lm_labels_so_inference_skips_lm_work():
     model = make("rfa").eval()
     batch = seg_batch(model)

@@ -20,6 +20,7 @@ IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IGNORE_INDEX = -100
+IGNORE_PIXEL = -1.0  # mask-target value of pixels left out of the mask loss (a sample's ignore region)
 
 SEG_QUESTIONS = (
     "Can you segment the {x} in this image?",
@@ -142,13 +143,20 @@ class Self1eProcessor:
         n = grid[0] * grid[1]
         return n + 1 if self.use_thumbnail and n > 1 else n
 
-    def mask_target(self, mask: np.ndarray) -> torch.Tensor:
-        """Ground truth (H, W) bool -> float target with short side ``loss_short_side`` (same aspect)."""
+    def mask_target(self, mask: np.ndarray, ignore: np.ndarray | None = None) -> torch.Tensor:
+        """Ground truth (H, W) bool -> float target with short side ``loss_short_side`` (same aspect):
+        1 target, 0 background, ``IGNORE_PIXEL`` where the optional ``ignore`` map is set (no loss there)."""
         h, w = mask.shape
         scale = self.loss_short_side / min(h, w)
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        im = Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.BILINEAR)
-        return torch.from_numpy((np.asarray(im) >= 128).astype(np.float32))
+
+        def resized(m: np.ndarray) -> np.ndarray:
+            return np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize(size, Image.BILINEAR)) >= 128
+
+        target = resized(mask).astype(np.float32)
+        if ignore is not None:
+            target[resized(ignore)] = IGNORE_PIXEL
+        return torch.from_numpy(target)
 
     # ---- text ---------------------------------------------------------------------------------
     def seg_question(self, text: str, rng: random.Random | None = None) -> str:

@@ -199,7 +199,7 @@ class TrainBatches:
                     targets.append(None)
                 else:
                     rows.append(p.conversation(p.seg_question(s.text, rng), p.seg_answer(rng), n_tiles))
-                    targets.append(p.mask_target(s.load_mask(picture.size)))
+                    targets.append(p.mask_target(s.load_mask(picture.size), s.load_ignore(picture.size)))
                 image_index.append(len(images) - 1)
         return p.collate(rows, images, image_index, targets)
 

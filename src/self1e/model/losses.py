@@ -12,15 +12,21 @@ def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(logits[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
-def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """1 - (2 sum(p t) + eps) / (sum p + sum t + eps), per mask, averaged. (N, H, W) each."""
-    p = logits.sigmoid().flatten(1)
-    t = target.flatten(1)
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 - (2 sum(p t) + eps) / (sum p + sum t + eps) over valid pixels, per mask, averaged. (N, H, W) each."""
+    p = (logits.sigmoid() * valid).flatten(1)
+    t = (target * valid).flatten(1)
     return (1 - (2 * (p * t).sum(1) + eps) / (p.sum(1) + t.sum(1) + eps)).mean()
 
 
 def mask_loss(logits: torch.Tensor, target: torch.Tensor, bce_weight: float, dice_weight: float) -> torch.Tensor:
-    """Weighted BCE + Dice after resizing logits to the target. logits (N, h, w), target (N, H, W) in {0,1}."""
+    """Weighted BCE + Dice after resizing logits to the target. logits (N, h, w); target (N, H, W) with
+    1 / 0, and negative values (``IGNORE_PIXEL``) on pixels that take no loss. BCE is the mean over a
+    mask's valid pixels, averaged over masks (with no ignored pixel: the plain mean)."""
     logits = resize_logits(logits, tuple(target.shape[-2:]))
-    bce = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype))
-    return bce_weight * bce + dice_weight * dice_loss(logits, target.to(logits.dtype))
+    target = target.to(logits.dtype)
+    valid = (target >= 0).to(logits.dtype)
+    target = target.clamp(min=0)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * valid
+    bce = (bce.flatten(1).sum(1) / valid.flatten(1).sum(1).clamp(min=1)).mean()
+    return bce_weight * bce + dice_weight * dice_loss(logits, target, valid)
