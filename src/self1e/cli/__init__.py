@@ -11,7 +11,7 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ("segment", "eval", "data", "train", "demo")
+COMMANDS = ("segment", "eval", "data", "train", "demo", "import_authors")
 
 
 def build_parser() -> argparse.ArgumentParser:
