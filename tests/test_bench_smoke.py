@@ -35,3 +35,12 @@ def test_tiny_benchmark_writes_positive_times(tmp_path):
     assert all(diff < 1e-4 for diff in checks["max_abs_diff_vs_sdpa"].values())
     assert checks["llm_passes_labelled"] == 2  # the LM loss adds a causal pass under the bidirectional mask
     assert checks["mask_grid"] == [16, 16]  # rfa: 4x the 4x4 LLM grid of the 56 px tiny tile
+
+
+def test_mask_ceiling_grows_with_the_grid_and_is_exact_at_full_resolution():
+    spec = importlib.util.spec_from_file_location("mask_ceiling", SCRIPT.parent / "mask_ceiling.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.main(["--data", "refshapes:test:30:3:64", "--grids", "4", "16", "64"])
+    assert result[64] == 100.0  # one cell per pixel: the resize is the identity
+    assert result[4] < result[16] < 100.0
