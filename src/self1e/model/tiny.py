@@ -63,7 +63,7 @@ class TinySpec:
 TINY_SPECS = {
     "tiny": TinySpec(),  # tests: 8x8 patches, 16 LLM image tokens, 32x32 rfa mask
     "small": TinySpec(224, 14, 64, 2, 2, 96, 3, 4, 2),  # 224 px: 16x16 patches, 64 LLM image tokens
-    "small112": TinySpec(112, 14, 64, 2, 2, 96, 3, 4, 2),  # the same widths at 112 px: the shipped default model, the CPU ablation
+    "small112": TinySpec(112, 14, 64, 2, 2, 96, 3, 4, 2),  # the same widths at 112 px: the default model's first stages, the CPU ablation
 }
 
 
