@@ -24,7 +24,7 @@ def run_one(config: str, rung: str, attention: str, seed: int, steps: int, out: 
             overrides: list[str]) -> dict:
     from self1e.data.datasets import load_dataset
     from self1e.eval.evaluate import PredictorSource, evaluate
-    from self1e.predictor import Self1ePredictor
+    from self1e.inference.predictor import Self1ePredictor
     from self1e.train.config import load_config
     from self1e.train.loop import train
 

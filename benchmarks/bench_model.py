@@ -36,7 +36,7 @@ from self1e.model import Self1eConfig, Self1eModel
 from self1e.model.self1e import Self1eOutput
 from self1e.model.pixel_shuffle import project_replicated
 from self1e.model.tiny import TINY_SPECS, build_tiny_base, build_tokenizer
-from self1e.processing import IGNORE_INDEX, IMG_CONTEXT, INFERENCE_ANSWER, Batch
+from self1e.model.processing import IGNORE_INDEX, IMG_CONTEXT, INFERENCE_ANSWER, Batch
 
 EXPRESSION = "the red circle on the left"
 DEFAULT_OUT = Path(__file__).parent / "results" / "bench_model.json"

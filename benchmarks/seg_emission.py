@@ -17,7 +17,7 @@ from pathlib import Path
 
 def emission_rate(model_dir: Path, spec: str, max_new_tokens: int = 8) -> float:
     from self1e.data.datasets import load_dataset
-    from self1e.predictor import Self1ePredictor
+    from self1e.inference.predictor import Self1ePredictor
 
     predictor = Self1ePredictor.from_pretrained(model_dir, device="cpu")
     samples = [s for s in load_dataset(spec) if s.text]

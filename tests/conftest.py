@@ -9,19 +9,6 @@ import torch
 torch.set_num_threads(1)
 
 
-def pytest_addoption(parser):
-    parser.addoption("--runslow", action="store_true", help="also run tests marked slow")
-
-
-def pytest_collection_modifyitems(config, items):
-    if config.getoption("--runslow"):
-        return
-    skip = pytest.mark.skip(reason="slow: pass --runslow")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
-
-
 @pytest.fixture(scope="session")
 def plain_internvl_dir(tmp_path_factory):
     """A plain InternVL folder (no [SEG], no heads) written with save_pretrained."""

@@ -1,8 +1,32 @@
-"""SELF1E: an InternVL MLLM as an image segmenter with one [SEG] token and no mask decoder."""
-from .model import Self1eConfig, Self1eModel, Self1eOutput
-from .predictor import SegmentationResult, Self1ePredictor
-from .processing import Self1eProcessor
+"""SELF1E: an InternVL MLLM as an image segmenter with one [SEG] token and no mask decoder.
+
+The public API is below; names are imported on first use, so ``import self1e`` (and the
+command line's ``--help``) does not import torch or transformers.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Self1eConfig", "Self1eModel", "Self1eOutput", "Self1ePredictor", "Self1eProcessor",
-           "SegmentationResult", "__version__"]
+
+_EXPORTS = {
+    "Self1eConfig": "self1e.model",
+    "Self1eModel": "self1e.model",
+    "Self1eOutput": "self1e.model",
+    "Self1eProcessor": "self1e.model",
+    "load_model": "self1e.model",
+    "Self1ePredictor": "self1e.inference",
+    "SegmentationResult": "self1e.inference",
+}
+__all__ = [*_EXPORTS, "__version__"]
+
+if TYPE_CHECKING:
+    from self1e.inference import SegmentationResult, Self1ePredictor
+    from self1e.model import Self1eConfig, Self1eModel, Self1eOutput, Self1eProcessor, load_model
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'self1e' has no attribute {name!r}")

@@ -1,6 +1,7 @@
 """The ``self1e`` command: one sub-command per module in this package.
 
-Each sub-command module defines ``add_parser(subparsers)`` and ``run(args) -> int``.
+Each sub-command module defines ``add_parser(subparsers)`` and ``run(args) -> int``; a module
+imports nothing heavy (torch, transformers) at its top, so ``--help`` and argument errors are instant.
 User errors (``ValueError``/``OSError`` raised by the library) are printed as one line, without a
 traceback, and exit with status 2.
 """
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # --help and argument errors end here, before torch is imported
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     from transformers.utils import logging as hf_logging
 

@@ -11,8 +11,6 @@ import re
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 CONVERT_SOURCES = ("refcoco", "refcoco+", "refcocog", "refclef", "grefcoco", "reasonseg", "semseg")
@@ -38,7 +36,7 @@ def add_parser(sub) -> None:
 
     c = dsub.add_parser("convert", help="export a dataset to JSONL (masks written as PNGs)")
     c.add_argument("--from", dest="source", required=True, choices=CONVERT_SOURCES)
-    c.add_argument("--root", required=True, help="the dataset root folder (DATA.md section 3)")
+    c.add_argument("--root", required=True, help="the dataset root folder (layout: docs/data.md)")
     c.add_argument("--split", required=True, help="e.g. val, testA, test, validation")
     c.add_argument("--split-by", default=None, help="unc, umd, ... (RefCOCO family only)")
     c.add_argument("--all-texts", action="store_true", help="ReasonSeg: every text, not the first")
@@ -72,6 +70,7 @@ def _spec(args) -> str:
 
 
 def run_convert(args) -> int:
+    from self1e.common.images import image_size, write_mask_png
     from self1e.data.datasets import load_dataset
     from self1e.data.jsonl import write_jsonl
 
@@ -86,8 +85,7 @@ def run_convert(args) -> int:
             arr = sample._load(src, size, field)
             name = re.sub(r"[^A-Za-z0-9_.-]", "_", sample.id) + suffix
             rel = f"{out.stem}_{field}/{name}.png"
-            (out.parent / rel).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(arr.astype(np.uint8) * 255).save(out.parent / rel)
+            write_mask_png(arr, out.parent / rel)
             written[id(src)] = rel
         return written[id(src)]
 
@@ -96,8 +94,7 @@ def run_convert(args) -> int:
         image = Path(s.image)
         if not image.is_file():
             raise ValueError(f"{s.where}: image not found: {image}")
-        with Image.open(image) as im:
-            size = im.size
+        size = image_size(image)
         rec = {"id": s.id, "image": str(image.resolve()), "text": s.text,
                "mask": save(s.mask, size, s, "mask") if s.mask is not None else None}
         if s.ignore is not None:

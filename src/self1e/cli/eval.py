@@ -13,6 +13,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from self1e.cli.options import add_device, add_model, add_settings, settings_from
+
 logger = logging.getLogger(__name__)
 
 
@@ -24,7 +26,7 @@ def add_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", metavar="DIR", help="checkpoint folder (or 'default') to evaluate")
+    add_model(src, default=None)
     src.add_argument(
         "--predictions",
         metavar="DIR",
@@ -48,98 +50,61 @@ def add_parser(sub) -> None:
         help="write predicted masks as DIR/<id>.png (0/255); with several --data, DIR/<name>/<id>.png",
     )
     p.add_argument(
-        "--overlays",
+        "--num-overlays",
         type=int,
         default=0,
         metavar="N",
         help="draw the first N samples (prediction red, truth green, text above) into <out stem>_overlays/",
     )
-    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    add_device(p)
+    add_settings(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
 
-def _load_all(specs: list[str]) -> list[tuple[str, str, list]]:
-    """Load every dataset first, so that a bad --data fails before a model is loaded."""
-    from self1e.data.datasets import load_dataset
-    from self1e.eval.report import dataset_key
-
-    taken: set[str] = set()
-    loaded = []
-    for spec in specs:
-        samples = load_dataset(spec)
-        loaded.append((dataset_key(spec, taken), spec, samples))
-    return loaded
-
-
 def run(args: argparse.Namespace) -> int:
-    from self1e.eval.evaluate import (
-        FolderSource,
-        PredictorSource,
-        dist_rank_world,
-        evaluate,
-        init_distributed_from_env,
-    )
-    from self1e.eval.report import build_report, dataset_entry, markdown_table, write_report
+    from self1e.common.distributed import init_from_env
+    from self1e.eval.evaluate import FolderSource, PredictorSource
+    from self1e.eval.pipeline import evaluate_to_report, load_named
+    from self1e.eval.report import markdown_table
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.limit is not None and args.limit < 0:
         raise ValueError(f"--limit must be >= 0, got {args.limit}")
-    if args.overlays < 0:
-        raise ValueError(f"--overlays must be >= 0, got {args.overlays}")
+    if args.num_overlays < 0:
+        raise ValueError(f"--num-overlays must be >= 0, got {args.num_overlays}")
     if args.out.exists() and args.out.is_dir():
         raise ValueError(f"--out {args.out} is a folder; give a file name such as {args.out / 'report.json'}")
+    settings = settings_from(args)
+    if settings and args.model is None:
+        raise ValueError("--set changes a model's settings; it needs --model, not --predictions")
 
-    started_dist = init_distributed_from_env(args.device)
+    started_dist = init_from_env(args.device)
     try:
-        datasets = _load_all(args.data)
-        several = len(datasets) > 1
-        model_source = None
-        device = args.device
+        datasets = load_named(args.data)  # every dataset first: a bad --data fails before a model loads
+        header: dict = {"model": args.model, "predictions": args.predictions, "device": args.device}
         if args.model is not None:
-            from self1e.predictor import Self1ePredictor
+            from self1e.inference import Self1ePredictor
 
-            predictor = Self1ePredictor.from_pretrained(args.model, device=args.device)
+            predictor = Self1ePredictor.from_pretrained(args.model, device=args.device, config=settings)
             model_source = PredictorSource(predictor)
-            device = str(getattr(predictor, "device", args.device))
+            header.update(device=str(predictor.device), self1e=predictor.model.config.to_dict())
 
-        entries = {}
-        for key, spec, samples in datasets:
+            def source_for(d):
+                return model_source
+        else:
 
-            def per_dataset(folder: Path) -> Path:  # one subfolder per dataset when there are several
-                return folder / key if several else folder
+            def source_for(d):
+                return FolderSource(Path(args.predictions) / d.key if len(datasets) > 1 else Path(args.predictions))
 
-            source = model_source or FolderSource(per_dataset(Path(args.predictions)))
-            save_dir = per_dataset(args.save_masks) if args.save_masks is not None else None
-            overlay_dir = per_dataset(args.out.parent / f"{args.out.stem}_overlays") if args.overlays else None
-            result = evaluate(
-                source,
-                samples,
-                batch_size=args.batch_size,
-                limit=args.limit,
-                save_masks=save_dir,
-                overlays=args.overlays,
-                overlay_dir=overlay_dir,
-                progress=not args.no_progress,
-                desc=key,
-            )
-            entries[key] = dataset_entry(spec, result, save_masks=save_dir, overlays=overlay_dir)
-
-        rank, world = dist_rank_world()
-        if rank == 0:
-            report = build_report(
-                entries,
-                model=args.model,
-                predictions=args.predictions,
-                device=device,
-                world_size=world,
-                batch_size=args.batch_size,
-                limit=args.limit,
-            )
-            json_path, md_path = write_report(report, args.out)
+        overlay_dir = args.out.parent / f"{args.out.stem}_overlays" if args.num_overlays else None
+        report = evaluate_to_report(source_for, datasets, args.out, batch_size=args.batch_size, limit=args.limit,
+                                    save_masks=args.save_masks, overlays=args.num_overlays, overlay_dir=overlay_dir,
+                                    progress=not args.no_progress, **header)
+        if report is not None:
             print(markdown_table(report), end="")
-            logger.info("wrote %s and %s", json_path, md_path)
+            logger.info("wrote %s and its .md", args.out)
     finally:
         if started_dist:
             import torch.distributed as dist

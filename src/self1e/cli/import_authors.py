@@ -15,7 +15,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..importer import import_authors_checkpoint
+    from self1e.model.importer import import_authors_checkpoint
 
     out = import_authors_checkpoint(args.src, args.out, dtype=args.dtype)
     print(f"wrote {out}")

@@ -4,47 +4,48 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
+from self1e.cli.options import add_device, add_model, add_settings, settings_from
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("segment", help="segment an image with one or more referring expressions")
-    p.add_argument("--model", default="default", help="self1e checkpoint folder, or 'default'")
-    p.add_argument("--image", required=True, help="any image file Pillow reads")
-    p.add_argument("--text", action="append", required=True, help="expression (repeat for several)")
-    p.add_argument("--out", required=True, help="mask PNG (0/255); with several --text, a folder of 0.png, 1.png, ...")
-    p.add_argument("--overlay", help="also write an overlay picture (a folder with several --text)")
-    p.add_argument("--json", help="also write masks as COCO RLE with scores")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    add_model(p)
+    p.add_argument("--image", required=True, metavar="PATH", help="any image file Pillow reads")
+    p.add_argument("--text", action="append", required=True, metavar="TEXT",
+                   help="a referring expression (repeat for several)")
+    p.add_argument("--out", required=True, metavar="PATH",
+                   help="mask PNG (0/255); with several --text, a folder of 0.png, 1.png, ...")
+    p.add_argument("--overlay", metavar="PATH", help="also write an overlay picture (a folder with several --text)")
+    p.add_argument("--json", metavar="PATH", help="also write the masks as COCO RLE with scores")
+    add_device(p)
+    add_settings(p)
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
+    import numpy as np
     from pycocotools import mask as mask_utils
 
-    from ..predictor import Self1ePredictor
-    from ..processing import to_rgb
+    from self1e.common.images import to_rgb, write_mask_png
+    from self1e.common.overlay import overlay
+    from self1e.inference import Self1ePredictor
 
     texts = [t.strip() for t in args.text]
     for i, t in enumerate(texts):
         if not t:
             raise ValueError(f"--text number {i + 1} is empty")
     image = to_rgb(args.image)  # fails early, naming the file, before the model loads
-    predictor = Self1ePredictor.from_pretrained(args.model, device=args.device)
+    predictor = Self1ePredictor.from_pretrained(args.model, device=args.device, config=settings_from(args))
     predictor.set_image(image)
     results = predictor.predict_batch(texts)
 
-    several = len(texts) > 1
-    outs = [Path(args.out) / f"{i}.png" for i in range(len(texts))] if several else [Path(args.out)]
-    overlays = None
-    if args.overlay:
-        overlays = [Path(args.overlay) / f"{i}.png" for i in range(len(texts))] if several else [Path(args.overlay)]
-    from ..eval.overlay import overlay
+    def paths(arg: str) -> list[Path]:
+        return [Path(arg) / f"{i}.png" for i in range(len(texts))] if len(texts) > 1 else [Path(arg)]
 
+    outs = paths(args.out)
+    overlays = paths(args.overlay) if args.overlay else None
     for i, r in enumerate(results):
-        outs[i].parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(r.mask.astype(np.uint8) * 255).save(outs[i])
+        write_mask_png(r.mask, outs[i])
         if overlays:
             overlays[i].parent.mkdir(parents=True, exist_ok=True)
             overlay(image, r.mask, r.text).save(overlays[i])

@@ -21,8 +21,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..train.config import load_config
-    from ..train.loop import train
+    from self1e.train.config import load_config
+    from self1e.train.loop import train
 
     extra = {"out": args.out} if args.out else {}
     cfg = load_config(args.config, args.overrides, **extra)

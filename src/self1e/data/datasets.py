@@ -1,8 +1,8 @@
 """``load_dataset(spec)``: the one entry point that evaluation and training use to get Samples.
 
-Spec grammar (``ROOT`` is the DATA.md section 3 root folder)::
+Spec grammar (``ROOT`` is the dataset root folder, laid out as docs/data.md describes)::
 
-    PATH.jsonl                                a JSONL file (DATA.md section 1)
+    PATH.jsonl                                a JSONL file (docs/data.md)
     refcoco[:SPLITBY]:SPLIT@ROOT              e.g. refcoco:unc:val@/data   (SPLITBY default unc)
     refcoco+[:SPLITBY]:SPLIT@ROOT             e.g. refcoco+:unc:testA@/data
     refcocog[:SPLITBY]:SPLIT@ROOT             e.g. refcocog:umd:test@/data (SPLITBY default umd)
@@ -16,9 +16,11 @@ Spec grammar (``ROOT`` is the DATA.md section 3 root folder)::
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 from self1e.data.refer import DATASETS as REFER_DATASETS, load_refer
-from self1e.data.sample import DataError, Sample
+from self1e.common.errors import DataError
+from self1e.data.sample import Sample
 
 NAMES = (*REFER_DATASETS, "reasonseg", "semseg", "vqa", "refshapes")
 GRAMMAR = __doc__.split("::", 1)[1].rstrip()
@@ -35,8 +37,20 @@ def _int(spec: str, value: str, what: str) -> int:
         raise _bad(spec, f"{what} must be an integer, got {value!r}") from None
 
 
-def load_dataset(spec: str) -> list[Sample]:
-    """Load the Samples named by ``spec`` (see the module docstring for the grammar)."""
+def load_dataset(spec: str, kinds: Sequence[str] | None = None) -> list[Sample]:
+    """Load the Samples named by ``spec`` (see the module docstring for the grammar). With ``kinds``,
+    keep only the samples whose ``kind`` is listed (an error when none is)."""
+    samples = _load(spec)
+    if kinds is None:
+        return samples
+    kept = [s for s in samples if s.kind in kinds]
+    if not kept:
+        found = sorted({str(s.kind) for s in samples})
+        raise DataError(f"dataset {spec!r}: no sample of kinds {list(kinds)} (its kinds: {found})")
+    return kept
+
+
+def _load(spec: str) -> list[Sample]:
     name, colon, rest = spec.partition(":")
     if not colon or name not in NAMES:
         path = Path(spec)

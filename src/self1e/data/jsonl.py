@@ -1,4 +1,4 @@
-"""Read and write the JSONL segmentation format (docs: DATA.md section 1).
+"""Read and write the JSONL segmentation format (docs/data.md).
 
 ``read_jsonl`` checks the structure of every line and that every named file exists, but decodes no
 image (that would make loading 100k samples slow); ``validate`` decodes everything and checks sizes.
@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from self1e.data.sample import DataError, Sample
+from self1e.common.errors import DataError
+from self1e.data.sample import Sample
 
 log = logging.getLogger(__name__)
 

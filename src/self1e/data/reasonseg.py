@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from self1e.data.sample import DataError, Sample
+from self1e.common.errors import DataError
+from self1e.data.sample import Sample
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Readers for RefCOCO, RefCOCO+, RefCOCOg, RefCLEF and gRefCOCO from their official files.
 
-Layout (DATA.md section 3): ``ROOT/<dataset>/refs(<splitBy>).p`` (``grefs(<splitBy>).json`` for
+Layout (docs/data.md): ``ROOT/<dataset>/refs(<splitBy>).p`` (``grefs(<splitBy>).json`` for
 gRefCOCO) and ``instances.json`` beside it; images under ``ROOT/images/mscoco/images/train2014``
 (RefCLEF: ``ROOT/images/saiapr_tc-12``). Every sentence of every ref is one Sample whose mask is
 decoded lazily with pycocotools. The image file is the one named in ``instances.json`` (a ref's
@@ -20,7 +20,8 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from self1e.data import safe_pickle
-from self1e.data.sample import DataError, Sample, read_json
+from self1e.common.errors import DataError
+from self1e.data.sample import Sample, read_json
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""RefShapes: the built-in synthetic referring-segmentation benchmark (DATA.md section 2).
+"""RefShapes: the built-in synthetic referring-segmentation benchmark (docs/data.md).
 
 A scene is 1-6 coloured shapes on a light background. Objects are rasterised with Pillow into an
 "id map" (later objects on top), so every mask is exactly the visible part of its object and the
@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from self1e.data.refshapes_text import (COLOURS, SHAPES, Obj, Phrase, propose, propose_vqa)
+from self1e.common.images import write_mask_png
 from self1e.data.sample import Sample
 
 log = logging.getLogger(__name__)
@@ -333,7 +334,7 @@ def generate(out_dir: str | Path, split: str, n: int, seed: int, size: int = 224
             def mask_file(target: frozenset[int]) -> str:
                 rel = f"{split}/masks/{item.index:06d}_{'-'.join(map(str, sorted(target)))}.png"
                 if rel not in saved:
-                    Image.fromarray(item.scene.mask(target)).save(out / rel, **PNG_OPTIONS)
+                    write_mask_png(item.scene.mask(target), out / rel)
                     saved.add(rel)
                 return rel
 

@@ -11,7 +11,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from self1e.data.sample import DataError
+from self1e.common.errors import DataError
 
 
 class UnsafePickleError(DataError):

@@ -11,12 +11,11 @@ from typing import Callable, Union
 import numpy as np
 from PIL import Image
 
+from self1e.common.errors import DataError
+from self1e.common.images import open_image, read_mask
+
 # A mask is either a PNG path (any non-zero pixel is foreground) or a function that draws it.
 MaskSource = Union[str, Path, Callable[[], np.ndarray]]
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file, line and field."""
 
 
 def read_json(path: Path, what: str):
@@ -29,29 +28,6 @@ def read_json(path: Path, what: str):
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: invalid JSON: {e}") from None
-
-
-def _read(path: str | Path, what: str, convert) -> object:
-    """Decode a picture file with Pillow; missing or unreadable files raise DataError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{what} not found: {path}")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return convert(im)
-    except (OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"cannot read {what} {path}: {e}") from None
-
-
-def open_image(path: str | Path) -> Image.Image:
-    """Open any image Pillow reads and return it as RGB; raises DataError naming the file."""
-    return _read(path, "image", lambda im: im.convert("RGB"))
-
-
-def read_mask_png(path: str | Path) -> np.ndarray:
-    """Read a mask file as a bool (H, W) array; any non-zero pixel is foreground."""
-    return _read(path, "mask", lambda im: np.asarray(im if im.mode in ("L", "1", "I", "I;16") else im.convert("L")) != 0)
 
 
 @dataclass(frozen=True)
@@ -84,7 +60,7 @@ class Sample:
         return self.image() if callable(self.image) else open_image(self.image)
 
     def _load(self, src: MaskSource, size: tuple[int, int], field: str) -> np.ndarray:
-        arr = np.asarray(src(), dtype=bool) if callable(src) else read_mask_png(src)
+        arr = np.asarray(src(), dtype=bool) if callable(src) else read_mask(src)
         if arr.shape != (size[1], size[0]):
             raise DataError(
                 f"{self.where or self.id}: {field} is {arr.shape[1]}x{arr.shape[0]} but the image is "

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from self1e.data.sample import DataError, Sample
+from self1e.common.errors import DataError
+from self1e.data.sample import Sample
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from self1e.data.sample import DataError, Sample, read_json
+from self1e.common.errors import DataError
+from self1e.data.sample import Sample, read_json
 
 log = logging.getLogger(__name__)
 

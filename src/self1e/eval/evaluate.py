@@ -18,9 +18,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from self1e.data.sample import DataError, Sample, read_mask_png
+from self1e.common.distributed import rank_world
+from self1e.common.errors import DataError
+from self1e.common.images import image_size, read_mask, write_mask_png
+from self1e.common.overlay import overlay
+from self1e.data.sample import Sample
 from self1e.eval.metrics import IoUAccumulator
-from self1e.eval.overlay import overlay
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +44,7 @@ class EvalItem:
     image: Image.Image | None = None
 
 
-class MaskSource(Protocol):
+class PredictionSource(Protocol):
     """Where predicted masks come from. ``predict`` returns one bool (H, W) mask per item, at the
     item's original size; ``needs_images`` says whether items must carry their decoded image."""
 
@@ -98,7 +101,7 @@ class FolderSource:
                 self.missing += 1
                 masks.append(np.zeros((it.size[1], it.size[0]), dtype=bool))
                 continue
-            mask = read_mask_png(path)
+            mask = read_mask(path)
             if mask.shape != (it.size[1], it.size[0]):
                 raise DataError(
                     f"prediction {path} is {mask.shape[1]}x{mask.shape[0]} but the image of sample "
@@ -132,42 +135,13 @@ class EvalResult:
         return self.accumulator.result()
 
 
-def dist_rank_world() -> tuple[int, int]:
-    """(rank, world_size) when ``torch.distributed`` is initialised, else (0, 1)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init_distributed_from_env(device: str | None = None) -> bool:
-    """Initialise ``torch.distributed`` from the launcher's environment (``WORLD_SIZE`` > 1, as set
-    by ``torchrun`` / ``accelerate launch``). NCCL on CUDA, gloo otherwise. Returns True when this
-    call initialised it (the caller then destroys the group at the end)."""
-    import torch
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available() or dist.is_initialized():
-        return False
-    use_cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
-    if use_cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return True
-
-
 def _image_size(sample: Sample) -> tuple[int, int]:
     """(width, height) of a sample's image, reading only the header when it is a file."""
     if isinstance(sample.image, (str, Path)):
-        path = Path(sample.image)
-        if not path.is_file():
-            raise DataError(f"{sample.where or sample.id}: image not found: {path}")
         try:
-            with Image.open(path) as im:
-                return im.size
-        except (OSError, SyntaxError, ValueError) as e:
-            raise DataError(f"cannot read image {path}: {e}") from None
+            return image_size(sample.image)
+        except DataError as e:
+            raise DataError(f"{sample.where or sample.id}: {e}") from None
     return sample.load_image().size
 
 
@@ -183,12 +157,8 @@ def _check_unique_ids(samples: Sequence[Sample]) -> None:
         seen[name] = s
 
 
-def _save_mask(mask: np.ndarray, path: Path) -> None:
-    Image.fromarray(mask.astype(np.uint8) * 255, "L").save(path)
-
-
 def evaluate(
-    source: MaskSource,
+    source: PredictionSource,
     samples: Sequence[Sample],
     *,
     batch_size: int = 8,
@@ -213,7 +183,7 @@ def evaluate(
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
-    rank, world = dist_rank_world()
+    rank, world = rank_world()
     evaluable = [s for s in samples if s.text is not None]
     skipped_vqa = len(samples) - len(evaluable)
     if skipped_vqa and rank == 0:
@@ -251,7 +221,7 @@ def evaluate(
 
 
 def _run_shard(
-    source: MaskSource,
+    source: PredictionSource,
     samples: Sequence[Sample],
     indices: Sequence[int],
     acc: IoUAccumulator,
@@ -278,7 +248,7 @@ def _run_shard(
             gt = s.load_mask(it.size)
             acc.update(pred, gt, s.load_ignore(it.size), s.kind)
             if save_dir is not None:
-                _save_mask(pred, save_dir / mask_filename(s.id))
+                write_mask_png(pred, save_dir / mask_filename(s.id))
             if draw_dir is not None and it.index < overlays:
                 image = it.image if it.image is not None else s.load_image()
                 overlay(image, pred, s.text, gt=gt).save(draw_dir / f"{it.index:05d}_{mask_filename(s.id)}")

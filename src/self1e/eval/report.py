@@ -8,6 +8,7 @@ Schema (``schema_version`` 1; metric values are fractions in [0, 1], null where 
       "model": "runs/refshapes" | null,              # --model as given; null with --predictions
       "predictions": "preds/" | null,                # --predictions folder; null with --model
       "device": "cpu" | "cuda:0" | null, "world_size": 1, "batch_size": 8, "limit": null | int,
+      "self1e": {"mask_head": "rfa", "seg_attention": ..., ...} | null,  # the model's settings as used
       "protocol": {...},                             # every convention, in words (see PROTOCOL)
       "software": {"self1e": "0.1.0", "torch": ..., "transformers": ..., "numpy": ..., "python": ...},
       "throughput": {"samples": int, "seconds": float, "samples_per_s": float},   # all datasets;
@@ -126,8 +127,10 @@ def build_report(
     world_size: int = 1,
     batch_size: int | None = None,
     limit: int | None = None,
+    self1e: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The whole report (see the module docstring for the schema)."""
+    """The whole report (see the module docstring for the schema); ``self1e``: the evaluated
+    model's SELF1E settings as they were used."""
     n = sum(d["n"] for d in datasets.values())
     seconds = sum(d["seconds"] for d in datasets.values())
     return {
@@ -140,6 +143,7 @@ def build_report(
         "world_size": world_size,
         "batch_size": batch_size,
         "limit": limit,
+        "self1e": self1e,
         "protocol": dict(PROTOCOL),
         "software": software_versions(),
         "throughput": {

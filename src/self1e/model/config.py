@@ -22,7 +22,7 @@ class Self1eConfig:
     dice_weight: float = 0.5  # soft Dice on sigmoid probabilities
     aux_weight: float = 1.0  # weight of the low-resolution auxiliary head's loss (rfa only)
     loss_short_side: int = 128  # ground truth and logits are compared with this short side
-    causal_lm_loss: bool = True  # LM loss from a causal pass, so the [SEG] decision cannot leak (see design)
+    causal_lm_loss: bool = True  # LM loss from a causal pass, so the [SEG] decision cannot leak (see the README, "Training")
     max_tiles: int = 1  # 1 = one tile per image; >1 = InternVL dynamic tiling, stitched before the head
     use_thumbnail: bool = True  # with several tiles, also feed InternVL's global thumbnail tile to the LLM
 
@@ -34,11 +34,6 @@ class Self1eConfig:
         if self.max_tiles < 1:
             raise ValueError(f"max_tiles must be >= 1, got {self.max_tiles}")
 
-    @property
-    def upscale(self) -> int:
-        """Output grid per side relative to the LLM token grid."""
-        return {"compressed": 1, "hq": 2, "rfr": 2, "rfa": 4}[self.mask_head]
-
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -49,6 +44,27 @@ class Self1eConfig:
         if unknown:
             raise ValueError(f"unknown Self1eConfig fields: {sorted(unknown)}")
         return cls(**d)
+
+    @classmethod
+    def parse_overrides(cls, items: "list[str] | tuple[str, ...]") -> dict:
+        """``["seg_attention=causal", "self1e.mask_head=rfr"]`` -> a mapping of field overrides
+        (values read as YAML scalars; the ``self1e.`` prefix is optional). Unknown fields are errors."""
+        import yaml
+
+        known = {f.name for f in fields(cls)}
+        out = {}
+        for item in items:
+            key, sep, raw = item.partition("=")
+            key = key.strip().removeprefix("self1e.")
+            if not sep or not key:
+                raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. seg_attention=causal")
+            if key not in known:
+                raise ValueError(f"--set {item!r}: unknown SELF1E setting {key!r}; known: {', '.join(sorted(known))}")
+            try:
+                out[key] = yaml.safe_load(raw) if raw.strip() else ""
+            except yaml.YAMLError:
+                out[key] = raw
+        return out
 
     def save(self, directory: str | Path) -> None:
         Path(directory, CONFIG_NAME).write_text(json.dumps(self.to_dict(), indent=2) + "\n")

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .pixel_shuffle import pixel_unshuffle
+from self1e.model.pixel_shuffle import pixel_unshuffle
 
 
 class Mlp(nn.Module):
@@ -56,6 +56,11 @@ class MaskHead(nn.Module):
         if rung == "rfa":
             self.f_pus = Mlp(c, 4 * c)
             self.f_pus_llm = Mlp(c, 4 * c)
+
+    @property
+    def needs_full_resolution(self) -> bool:
+        """Whether the rung reads the self-replicated full-resolution projection (``f_v1_hq``)."""
+        return self.rung != "compressed"
 
     def seg_feature(self, h_seg: torch.Tensor) -> torch.Tensor:
         """F'_SEG. h_seg: (N, C) -> (N, C)."""

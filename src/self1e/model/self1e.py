@@ -6,8 +6,10 @@ custom 4D attention mask to the language model.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -15,21 +17,30 @@ from torch import nn
 from tokenizers import AddedToken
 from transformers import InternVLForConditionalGeneration
 
-from ..processing import IGNORE_INDEX, Batch, Self1eProcessor
-from .attention import position_ids_from_mask, seg_attention_mask
-from .config import Self1eConfig
-from .head import MaskHead
-from .losses import mask_loss
-from .pixel_shuffle import pixel_shuffle, project_replicated
+from self1e.model.processing import IGNORE_INDEX, Batch, Self1eProcessor
+from self1e.model.attention import position_ids_from_mask, seg_attention_mask
+from self1e.model.config import Self1eConfig
+from self1e.model.head import MaskHead
+from self1e.model.losses import mask_loss
+from self1e.model.pixel_shuffle import pixel_shuffle, project_replicated
+from self1e.model import weights
+
+log = logging.getLogger(__name__)
 
 
 
 @dataclass
 class ImageFeatures:
-    """Per-image features. tokens: (T, n, C) LLM inputs per tile; f_v0 / f_v1 / f_v1_hq: per image,
-    stitched over its tiles (thumbnail excluded): (H0, W0, Dv) / (H1, W1, C) / (H0, W0, C)."""
+    """What the vision side computes for I images, T tiles in all; reusable across forward passes.
+
+    tokens: (T, n, C) LLM inputs per tile; grids: I x (rows, cols); tiles_per_image: I counts;
+    per image, stitched over its tiles (thumbnail excluded): f_v1 (H1, W1, C) the projector output,
+    f_v1_hq (2*H1, 2*W1, C) the self-replicated full-resolution projection (None when the head
+    does not use it).
+    """
 
     tokens: torch.Tensor
+    grids: list[tuple[int, int]]
     tiles_per_image: list[int]
     f_v1: list[torch.Tensor]
     f_v1_hq: list[torch.Tensor | None]
@@ -66,6 +77,17 @@ def add_seg_token(tokenizer, seg_token: str) -> int:
         if ids.count(seg_id) != 1 or (probe == seg_token and ids != [seg_id]):
             raise ValueError(f"{seg_token!r} does not encode to exactly one token id in {probe!r}: {ids}")
     return seg_id
+
+
+def resolve_settings(saved: Self1eConfig | None, config: Self1eConfig | Mapping[str, Any] | None) -> Self1eConfig:
+    """The SELF1E settings a model is built with: a full ``config`` as given; otherwise the saved
+    settings (the defaults when there are none) with the fields of a ``config`` mapping replaced."""
+    if isinstance(config, Self1eConfig):
+        return config
+    base = saved or Self1eConfig()
+    if not config:
+        return base
+    return Self1eConfig.from_dict({**base.to_dict(), **dict(config)})
 
 
 class Self1eModel(nn.Module):
@@ -122,19 +144,31 @@ class Self1eModel(nn.Module):
         return cls(base, tokenizer, config or Self1eConfig())
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, config: Self1eConfig | None = None, dtype: torch.dtype | None = None,
-                        attn_implementation: str = "sdpa", device: str | torch.device | None = None) -> "Self1eModel":
-        """Load a self1e checkpoint (everything restored) or a plain InternVL ``-hf`` folder (adds
-        [SEG], resizes the embeddings, attaches fresh heads; ``config`` chooses their settings)."""
-        from ..checkpoint import load_model
+    def from_pretrained(cls, path: str | Path, config: Self1eConfig | Mapping[str, Any] | None = None,
+                        dtype: torch.dtype | None = None, attn_implementation: str = "sdpa",
+                        device: str | torch.device | None = None) -> "Self1eModel":
+        """Load a self1e checkpoint folder (or ``"default"``): everything restored; or a plain InternVL
+        ``-hf`` folder: [SEG] added, embeddings resized, fresh heads attached.
 
-        return load_model(cls, Path(path), config, dtype, attn_implementation, device)
+        ``config``: None keeps the checkpoint's own SELF1E settings (the defaults for a plain folder);
+        a mapping overrides single fields on top of them (``{"seg_attention": "causal"}``); a full
+        :class:`Self1eConfig` replaces them."""
+        path = weights.resolve_model_path(path)
+        saved = weights.saved_settings(path)
+        settings = resolve_settings(saved, config)
+        base = weights.load_base(path, dtype, attn_implementation)
+        model = cls(base, weights.load_tokenizer(path), settings)
+        if saved is not None:
+            weights.load_head(model.head, path, settings.mask_head)
+        else:
+            log.info("loaded a plain InternVL checkpoint from %s: added %s and fresh mask heads", path, settings.seg_token)
+        if device is not None:
+            model.to(device)
+        return model.eval()
 
     def save_pretrained(self, directory: str | Path) -> None:
         """safetensors weights + InternVL config + tokenizer + our config (no pickle anywhere)."""
-        from ..checkpoint import save_model
-
-        save_model(self, Path(directory))
+        weights.save_folder(self.base, self.tokenizer, self.head, self.config, Path(directory))
 
     @property
     def device(self) -> torch.device:
@@ -146,7 +180,8 @@ class Self1eModel(nn.Module):
 
     # ---- features -------------------------------------------------------------------------------
     def encode_images(self, pixel_values: torch.Tensor, grids: list[tuple[int, int]]) -> ImageFeatures:
-        """ViT -> PS -> projector for all tiles, plus per-image stitched maps for the head."""
+        """ViT -> PS -> projector for all tiles, plus per-image stitched maps for the head.
+        pixel_values: (T, 3, S, S) tiles of the images whose tile grids are ``grids``."""
         inner = self.base.model
         cfg = self.base.config
         out = inner.vision_tower(pixel_values=pixel_values.to(self.dtype), output_hidden_states=cfg.vision_feature_layer != -1)
@@ -161,15 +196,17 @@ class Self1eModel(nn.Module):
         if sum(tiles_per_image) != t:
             raise ValueError(f"pixel_values has {t} tiles but the grids {grids} need {sum(tiles_per_image)}")
         maps_v1, maps_hq, start = [], [], 0
-        need_hq = self.config.mask_head != "compressed"
+        need_hq = self.head.needs_full_resolution
         for grid, k in zip(grids, tiles_per_image):
             sl = slice(start, start + grid[0] * grid[1])
             maps_v1.append(stitch(f_v1[sl], grid))
             maps_hq.append(stitch(project_replicated(inner.multi_modal_projector, f_v0[sl]), grid) if need_hq else None)
             start += k
-        return ImageFeatures(f_v1.flatten(1, 2), tiles_per_image, maps_v1, maps_hq)
+        return ImageFeatures(f_v1.flatten(1, 2), list(grids), tiles_per_image, maps_v1, maps_hq)
 
-    def _embed(self, input_ids: torch.Tensor, feats: ImageFeatures, image_index: torch.Tensor) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, feats: ImageFeatures, image_index: torch.Tensor) -> torch.Tensor:
+        """Token embeddings with each row's image tokens replaced by its image's features.
+        input_ids: (B, L); image_index: (B,) image of each row in ``feats`` -> (B, L, C)."""
         embeds = self.base.get_input_embeddings()(input_ids)
         starts = [0]
         for k in feats.tiles_per_image:
@@ -185,16 +222,19 @@ class Self1eModel(nn.Module):
     def _llm(self, embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, bidirectional: bool) -> torch.Tensor:
         mask = seg_attention_mask(input_ids, attention_mask, self.image_token_id, self.seg_token_id, embeds.dtype, bidirectional)
         out = self.base.model.language_model(inputs_embeds=embeds, attention_mask=mask,
-                                             position_ids=position_ids_from_mask(attention_mask))
+                                             position_ids=position_ids_from_mask(attention_mask), use_cache=False)
         return out.last_hidden_state  # after the final norm
 
     # ---- forward --------------------------------------------------------------------------------
-    def forward(self, batch: Batch, return_lm_logits: bool = False, with_aux: bool | None = None) -> Self1eOutput:
+    def forward(self, batch: Batch, image_features: ImageFeatures | None = None, return_lm_logits: bool = False,
+                with_aux: bool | None = None) -> Self1eOutput:
         """One teacher-forced pass. Losses are computed when ``batch.labels`` has answer tokens
-        (LM loss) and ``batch.mask_targets`` has targets (mask loss)."""
+        (LM loss) and ``batch.mask_targets`` has targets (mask loss). ``image_features`` (from
+        :meth:`encode_images`) replace ``batch.pixel_values``, so one image encoding serves many
+        passes; ``batch.image_index`` then indexes its images."""
         with_aux = self.training if with_aux is None else with_aux
-        feats = self.encode_images(batch.pixel_values, batch.grids)
-        embeds = self._embed(batch.input_ids, feats, batch.image_index)
+        feats = image_features if image_features is not None else self.encode_images(batch.pixel_values, batch.grids)
+        embeds = self.embed(batch.input_ids, feats, batch.image_index)
         bidirectional = self.config.seg_attention == "bidirectional"
         hidden = self._llm(embeds, batch.input_ids, batch.attention_mask, bidirectional)
 
@@ -229,7 +269,7 @@ class Self1eModel(nn.Module):
         f_img, f_v1, f_hq, grids = [], [], [], []
         for r in seg_rows.tolist():
             i = int(batch.image_index[r])
-            grid = batch.grids[i]
+            grid = feats.grids[i]
             n = grid[0] * grid[1]
             toks = hidden[r][image_pos[r]][: n * self.processor.tokens_per_tile]
             side = self.processor.grid_side

@@ -12,7 +12,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, decoders
 from transformers import InternVLConfig, InternVLForConditionalGeneration, PreTrainedTokenizerFast, Qwen2Config
 from transformers.models.internvl.configuration_internvl import InternVLVisionConfig
 
-from ..processing import IMG_CONTEXT, IMG_END, IMG_START, IM_END, IM_START
+from self1e.model.processing import IMG_CONTEXT, IMG_END, IMG_START, IM_END, IM_START
 
 SPECIAL_TOKENS = ["<unk>", "<|endoftext|>", IM_START, IM_END, IMG_START, IMG_END, IMG_CONTEXT]
 

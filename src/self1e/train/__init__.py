@@ -1,5 +1,5 @@
 """Training: the config (defaults <- YAML <- --set), the accelerate loop and atomic checkpoints."""
-from .config import DataSpec, LoraSettings, TrainConfig, load_config
-from .loop import train
+from self1e.train.config import DataSpec, LoraSettings, TrainConfig, load_config
+from self1e.train.loop import train
 
 __all__ = ["DataSpec", "LoraSettings", "TrainConfig", "load_config", "train"]

@@ -16,7 +16,7 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -181,42 +181,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(out: Path, step: int, rank: int, write_all: Callable[[Path], None],
-                    write_main: Callable[[Path], None], all_ok: Callable[[bool], bool],
-                    barrier: Callable[[], None]) -> Path:
-    """Write checkpoint ``step`` atomically. Every rank saves its RNG state and calls
-    ``write_all(tmp_dir)``; then rank 0 calls ``write_main(tmp_dir)``. ``all_ok`` combines a success
-    flag over ranks, so that a failure anywhere leaves the previous checkpoint and ``latest`` as
-    they were, on all ranks, and the error is raised everywhere."""
-    final = checkpoint_dir(out, step)
-    tmp = final.with_name(f".tmp_{final.name}")
-    if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    barrier()
-    error: BaseException | None = None
-    try:
-        torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
-        write_all(tmp)
-        if rank == 0:
-            write_main(tmp)
-    except Exception as e:  # noqa: BLE001 -- re-raised below, after the other ranks know
-        error = e
-    ok = all_ok(error is None)
-    if rank == 0:
-        if ok:
-            publish_dir(tmp, final)
-            write_text_atomic(final.parent / LATEST, final.name + "\n")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-    barrier()
-    if error is not None:
-        raise error
-    if not ok:
-        raise RuntimeError(f"saving checkpoint {final} failed on another process")
-    return final
-
-
 def write_training_files(tmp: Path, model: nn.Module, optimizer, scheduler, state: dict[str, Any], config) -> None:
     """Rank 0's part of a checkpoint: merged model, trainable tensors, optimizer (None when a
     sharded backend saved it), scheduler, state and config."""
@@ -243,3 +207,72 @@ def read_state(path: Path, rank: int) -> dict[str, Any]:
 def load_optimizer_and_scheduler(path: Path, optimizer, scheduler) -> None:
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+
+
+class Checkpointer:
+    """A run's checkpoints under ``OUT/checkpoints``: find the latest, save one atomically on every
+    rank, restore one exactly. ``sharding`` (a :class:`self1e.train.sharding.Sharding`) says what
+    each rank writes and how full weights are gathered."""
+
+    def __init__(self, out: Path, acc, sharding, cfg, keep: int) -> None:
+        self.out, self.acc, self.sharding, self.cfg, self.keep = Path(out), acc, sharding, cfg, keep
+
+    def find_latest(self, resume: bool) -> Path | None:
+        """The checkpoint to resume from (None to start fresh); a fresh run over an old one is an error."""
+        if not resume:
+            if (self.out / CHECKPOINTS).is_dir():
+                raise ValueError(f"{self.out / CHECKPOINTS} holds an earlier run: pass --resume (resume=True) to "
+                                 "continue it, or use another output folder")
+            return None
+        latest = latest_checkpoint(self.out)
+        if latest is None and self.acc.is_main_process:
+            log.info("no checkpoint in %s: starting from scratch", self.out / CHECKPOINTS)
+        return latest
+
+    def save(self, step: int, model: nn.Module, optimizer, scheduler, state: dict[str, Any]) -> Path:
+        """Write checkpoint ``step``. Every rank saves its RNG state and its share; rank 0 the rest. A
+        failure on any rank leaves the previous checkpoint and ``latest`` as they were, everywhere,
+        and the error is raised on every rank."""
+        from self1e.common.distributed import any_rank
+
+        acc, rank = self.acc, self.acc.process_index
+        final = checkpoint_dir(self.out, step)
+        tmp = final.with_name(f".tmp_{final.name}")
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        error: BaseException | None = None
+        try:
+            torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
+            self.sharding.write_all(tmp, model)
+            if rank == 0:
+                write_training_files(tmp, self.sharding.full_model(model), self.sharding.optimizer_to_save(optimizer),
+                                     scheduler, state, self.cfg)
+        except Exception as e:  # noqa: BLE001 -- re-raised below, after the other ranks know
+            error = e
+        ok = not any_rank(error is not None, acc.device)
+        if rank == 0:
+            if ok:
+                publish_dir(tmp, final)
+                write_text_atomic(final.parent / LATEST, final.name + "\n")
+                prune_checkpoints(self.out, self.keep)
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
+        acc.wait_for_everyone()
+        if error is not None:
+            raise error
+        if not ok:
+            raise RuntimeError(f"saving checkpoint {final} failed on another process")
+        return final
+
+    def restore(self, path: Path, optimizer, scheduler, batches) -> int:
+        """Optimizer, scheduler, data position and RNG streams from checkpoint ``path``; returns its step.
+        (The trained tensors are loaded before ``accelerate.prepare``: :func:`load_trainable`.)"""
+        self.sharding.load(path, optimizer, scheduler)
+        state = read_state(path, self.acc.process_index)
+        batches.load_state_dict(state["data"])
+        set_rng_state(state["rng"])
+        if self.acc.is_main_process:
+            log.info("resumed from %s at step %d", path, state["step"])
+        return int(state["step"])

@@ -1,6 +1,7 @@
 """TrainConfig: every training setting in one frozen, typed dataclass tree.
 
-Resolution order: the defaults below <- a YAML file <- ``--set key=value`` overrides (dotted keys,
+Resolution order: the defaults below (for ``self1e``, those of the checkpoint named by ``model``,
+when it is one) <- a YAML file <- ``--set key=value`` overrides (dotted keys,
 values parsed as YAML scalars, e.g. ``--set lora.enabled=false --set lr=3e-4``). Unknown keys and
 wrongly typed values are errors naming the key. The resolved config is saved as YAML next to the
 run, and loading that file gives the same config back.
@@ -16,7 +17,8 @@ from typing import Any, Sequence
 
 import yaml
 
-from ..model.config import Self1eConfig
+from self1e.model.config import Self1eConfig
+from self1e.model.registry import saved_settings_of
 
 LLM_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # transformers' InternVL vision layers: attention.{q,k,v}_proj (the original "qkv", split),
@@ -127,8 +129,11 @@ def _plain(x: Any) -> Any:
 
 # ---- loading -------------------------------------------------------------------------------------
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), **fields_: Any) -> TrainConfig:
-    """Defaults <- YAML file ``path`` <- ``overrides`` ("dotted.key=value") <- keyword fields."""
-    tree = TrainConfig().to_dict()
+    """Defaults <- YAML file ``path`` <- ``overrides`` ("dotted.key=value") <- keyword fields.
+
+    When ``model`` names a self1e checkpoint, its own SELF1E settings replace the defaults of the
+    ``self1e`` block, so the file and ``--set`` override single fields on top of them."""
+    layers: list[tuple[dict[str, Any], str]] = []
     if path is not None:
         path = Path(path)
         try:
@@ -137,14 +142,26 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *
             raise ValueError(f"{path}: not valid YAML ({e})") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping of config keys at the top level")
-        _merge(tree, loaded, prefix="", where=f" in {path}")
+        layers.append((loaded, f" in {path}"))
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"--set {item!r}: expected key=value")
-        _merge(tree, _nest(key.strip(), _parse_scalar(raw)), prefix="", where=f" (--set {item})")
+        layers.append((_nest(key.strip(), _parse_scalar(raw)), f" (--set {item})"))
     if fields_:
-        _merge(tree, fields_, prefix="", where="")
+        layers.append((fields_, ""))
+
+    def merged(self1e_defaults: Self1eConfig) -> dict[str, Any]:
+        tree = TrainConfig(self1e=self1e_defaults).to_dict()
+        for layer, where in layers:
+            _merge(tree, layer, prefix="", where=where)
+        return tree
+
+    tree = merged(Self1eConfig())
+    if isinstance(tree.get("model"), str):
+        inherited = saved_settings_of(tree["model"])
+        if inherited is not None:
+            tree = merged(inherited)
     return build(TrainConfig, tree, prefix="")
 
 

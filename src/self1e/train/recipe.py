@@ -4,10 +4,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..checkpoint import DEFAULT_MODEL_DIR
 
 log = logging.getLogger(__name__)
-RECIPE = DEFAULT_MODEL_DIR / "recipe_from_scratch.yaml"  # stage 1 of the shipped model, from random init
+RECIPE = Path(__file__).with_name("default_recipe.yaml")  # stage 1 of the shipped model, from random init
 # Optimizer steps per minute of the recipe on one core of the development machine (2-core x86 VM),
 # measured from the shipped model's own metrics; it sets the step count, so the LR schedule ends
 # when the budget does. ``max_minutes`` stops the run on slower machines anyway.
@@ -16,8 +15,8 @@ STEPS_PER_MINUTE = 430
 
 def train_default_recipe(out_dir: str | Path, budget_minutes: float = 10.0) -> Path:
     """Train the default recipe for about ``budget_minutes``; returns the final model folder."""
-    from .config import load_config
-    from .loop import train
+    from self1e.train.config import load_config
+    from self1e.train.loop import train
 
     if budget_minutes <= 0:
         raise ValueError(f"--budget-minutes must be positive, got {budget_minutes}")

@@ -74,7 +74,7 @@ def image_token_states(model, texts):
     batch = seg_batch(model, texts)
     with torch.no_grad():
         feats = model.encode_images(batch.pixel_values, batch.grids)
-        embeds = model._embed(batch.input_ids, feats, batch.image_index)
+        embeds = model.embed(batch.input_ids, feats, batch.image_index)
         hidden = model._llm(embeds, batch.input_ids, batch.attention_mask, model.config.seg_attention == "bidirectional")
     return hidden[batch.input_ids == model.image_token_id].reshape(len(texts), -1, hidden.shape[-1])
 
@@ -198,7 +198,7 @@ def test_bad_config_values_are_rejected():
 
 def test_batched_mask_loss_equals_mean_of_per_row_losses():
     from self1e.model.losses import mask_loss
-    from self1e.processing import Batch
+    from self1e.model.processing import Batch
 
     model = make("rfa")
     torch.manual_seed(0)
@@ -220,7 +220,7 @@ def test_batched_mask_loss_equals_mean_of_per_row_losses():
 def test_ignored_pixels_take_no_mask_loss():
     """A target whose right half is ignored scores like the left half alone, and sends no gradient right."""
     from self1e.model.losses import mask_loss
-    from self1e.processing import IGNORE_PIXEL
+    from self1e.model.processing import IGNORE_PIXEL
 
     torch.manual_seed(0)
     logits = torch.randn(2, 16, 16, requires_grad=True)
@@ -236,9 +236,9 @@ def test_ignored_pixels_take_no_mask_loss():
 
 def test_training_targets_carry_the_ignore_region():
     """make_batch reads a sample's ignore map: those target pixels are IGNORE_PIXEL, the rest 0 / 1."""
-    from self1e.data.batching import Source, TrainBatches
+    from self1e.train.batching import Source, TrainBatches
     from self1e.data.sample import Sample
-    from self1e.processing import IGNORE_PIXEL
+    from self1e.model.processing import IGNORE_PIXEL
 
     model = make()
     mask = np.zeros((56, 56), bool)

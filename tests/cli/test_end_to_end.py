@@ -15,7 +15,7 @@ def test_eval_tiny_model_on_refshapes_and_refer_folders(tiny_model_dir, tmp_path
     out = tmp_path / "report.json"
     rc = main(["eval", "--model", str(tiny_model_dir), "--data", str(tmp_path / "rs" / "val.jsonl"),
                "--data", f"refcoco:unc:val@{root}", "--data", f"grefcoco:unc:val@{root}",
-               "--out", str(out), "--batch-size", "5", "--overlays", "2", "--no-progress"])
+               "--out", str(out), "--batch-size", "5", "--num-overlays", "2", "--no-progress"])
     assert rc == 0
     report = json.loads(out.read_text())
     assert report["model"] == str(tiny_model_dir) and report["software"]["torch"]
@@ -29,11 +29,11 @@ def test_eval_tiny_model_on_refshapes_and_refer_folders(tiny_model_dir, tmp_path
 
 
 def test_demo_runs_on_a_given_model(tiny_model_dir, tmp_path, capsys, monkeypatch):
-    from self1e import demo
+    from self1e.demo import run as demo
 
     monkeypatch.setattr(demo, "SPLITS", (("test", 6), ("test-compositional", 4)))  # keep the test quick
     report = demo.run_demo(str(tiny_model_dir), tmp_path / "demo", overlays=2, batch_size=4)
     assert set(report["datasets"]) == {"refshapes-test", "refshapes-test-compositional"}
     assert report["datasets"]["refshapes-test"]["n"] == 6
-    assert len(list((tmp_path / "demo" / "test").glob("*.png"))) == 2
+    assert len(list((tmp_path / "demo" / "refshapes-test").glob("*.png"))) == 2
     assert "cIoU" in capsys.readouterr().out

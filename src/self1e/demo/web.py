@@ -5,17 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from PIL import Image
+
+from self1e.common.images import ImageLike, to_rgb
+from self1e.common.overlay import draw_masks, overlay
 
 PALETTE = ((230, 40, 40), (40, 110, 230), (40, 170, 70), (240, 170, 20), (160, 60, 200), (20, 180, 190))
 
 
-def segment_expressions(predictor, image, text_block: str) -> tuple[Image.Image, list[dict[str, Any]]]:
+def segment_expressions(predictor, image: ImageLike | None, text_block: str) -> tuple[Image.Image, list[dict[str, Any]]]:
     """One expression per non-empty line of ``text_block``, all in one batched pass.
-    Returns the image with every mask tinted in its own colour, and one summary row per expression."""
-    from .processing import to_rgb
-
+    Returns the image with every mask drawn in its own colour, and one summary row per expression."""
     texts = [t.strip() for t in (text_block or "").splitlines() if t.strip()]
     if image is None:
         raise ValueError("upload an image first")
@@ -24,21 +24,14 @@ def segment_expressions(predictor, image, text_block: str) -> tuple[Image.Image,
     rgb = to_rgb(image)
     predictor.set_image(rgb)
     results = predictor.predict_batch(texts)
-    canvas = np.asarray(rgb, dtype=np.float32).copy()
-    rows = []
-    for k, r in enumerate(results):
-        colour = np.array(PALETTE[k % len(PALETTE)], dtype=np.float32)
-        canvas[r.mask] = 0.5 * canvas[r.mask] + 0.5 * colour
-        rows.append({"expression": r.text, "colour": "#%02x%02x%02x" % PALETTE[k % len(PALETTE)],
-                     "pixels": int(r.mask.sum()), "score": round(r.score, 3), "empty": r.empty})
-    return Image.fromarray(canvas.round().astype(np.uint8)), rows
+    colors = [PALETTE[k % len(PALETTE)] for k in range(len(results))]
+    rows = [{"expression": r.text, "colour": "#%02x%02x%02x" % c, "pixels": int(r.mask.sum()),
+             "score": round(r.score, 3), "empty": r.empty} for r, c in zip(results, colors)]
+    return draw_masks(rgb, [r.mask for r in results], colors), rows
 
 
-def chat_turn(predictor, image, question: str) -> tuple[str, Image.Image | None]:
+def chat_turn(predictor, image: ImageLike | None, question: str) -> tuple[str, Image.Image | None]:
     """A free-form answer; when the model answers with [SEG], also the mask drawn on the image."""
-    from .eval.overlay import overlay
-    from .processing import to_rgb
-
     if image is None:
         raise ValueError("upload an image first")
     rgb = to_rgb(image)

@@ -121,7 +121,7 @@ def test_segment_cli_bad_input_exits_nonzero_without_traceback(case, tiny_model_
 
 
 def test_web_demo_functions_segment_and_chat(predictor):
-    from self1e.web import chat_turn, segment_expressions
+    from self1e.demo.web import chat_turn, segment_expressions
 
     arr = np.random.default_rng(3).integers(0, 255, (30, 44, 3), dtype=np.uint8)
     picture, rows = segment_expressions(predictor, arr, "the red circle\n\n  all the boxes  \n")

@@ -47,7 +47,7 @@ POST = "|".join(sorted((k for k in POS_WORDS if " " in k), key=len, reverse=True
 PRE = "|".join(k for k in POS_WORDS if " " not in k)
 REL_RE = "|".join(sorted(REL, key=len, reverse=True))
 
-# DATA.md section 2, the minimum inventory, written out literally.
+# The minimum inventory of docs/data.md, written out literally.
 MINIMUM = [
     "the {n}", "the larger {n}", "the bigger {n}", "the smaller {n}", "the largest {n}",
     "the biggest {n}", "the smallest {n}",

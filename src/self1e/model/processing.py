@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from self1e.common.images import ImageLike, to_rgb
+
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -31,24 +33,6 @@ SEG_QUESTIONS = (
 SENTENCE_QUESTION = "{x} Please output segmentation mask."
 SEG_ANSWERS = ("It is [SEG].", "Sure, [SEG].", "Sure, it is [SEG].", "Sure, the segmentation result is [SEG].", "[SEG].")
 INFERENCE_ANSWER = "[SEG]."
-
-
-def to_rgb(image: "str | Path | Image.Image | np.ndarray") -> Image.Image:
-    """Any image input (path, PIL image of any mode, HxW or HxWxC uint8/float array) as RGB PIL."""
-    if isinstance(image, (str, Path)):
-        from .data.sample import open_image
-
-        return open_image(image)
-    if isinstance(image, np.ndarray):
-        arr = image
-        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
-            raise ValueError(f"image array must be HxW or HxWxC with C in 1, 3, 4; got shape {arr.shape}")
-        if arr.dtype != np.uint8:
-            arr = np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
-        image = Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr)
-    if not isinstance(image, Image.Image):
-        raise ValueError(f"expected an image path, PIL image or numpy array, got {type(image).__name__}")
-    return image.convert("RGB")
 
 
 def tile_grid(width: int, height: int, max_tiles: int, tile_size: int) -> tuple[int, int]:
@@ -128,8 +112,8 @@ class Self1eProcessor:
         arr = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
         return (arr - self._mean) / self._std
 
-    def image_input(self, image) -> ImageInput:
-        """One image (path, PIL or numpy) -> its tiles at the model's size."""
+    def image_input(self, image: ImageLike) -> ImageInput:
+        """One image -> its tiles at the model's size (converted to RGB here, once)."""
         im = to_rgb(image)
         s = self.image_size
         rows, cols = tile_grid(im.width, im.height, self.max_tiles, s) if self.max_tiles > 1 else (1, 1)

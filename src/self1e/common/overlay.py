@@ -1,10 +1,12 @@
 """Draw a mask over its image (tinted fill plus outline), with an optional caption above it.
 
-Shared by ``self1e eval --overlays``, ``self1e segment`` and the demo, so they all look the same.
+Shared by ``self1e eval --num-overlays``, ``self1e segment``, the demo pictures and the web page, so
+they all look the same.
 """
 from __future__ import annotations
 
 import textwrap
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -46,6 +48,34 @@ def _caption(text: str, width: int) -> Image.Image:
     return strip
 
 
+def draw_masks(
+    image: Image.Image,
+    masks: Sequence[np.ndarray],
+    colors: Sequence[tuple[int, int, int]],
+    *,
+    alpha: float = 0.45,
+    outlines: Sequence[tuple[np.ndarray, tuple[int, int, int]]] = (),
+) -> Image.Image:
+    """A new RGB image: each of ``masks`` (H, W; non-zero = foreground) tinted in its colour at
+    opacity ``alpha`` and outlined in it, then each ``(mask, colour)`` of ``outlines`` outlined only.
+
+    Every mask must have the image's size (H = image.height, W = image.width); ValueError otherwise.
+    """
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32).copy()
+    h, w = rgb.shape[:2]
+    for m in [*masks, *(m for m, _ in outlines)]:
+        if np.shape(m) != (h, w):
+            raise ValueError(f"overlay: a mask is {np.shape(m)} but the image is {(h, w)} (height, width)")
+    thickness = max(1, min(h, w) // 160)
+    for m, color in zip(masks, colors):
+        fg, col = np.asarray(m) != 0, np.array(color, dtype=np.float32)
+        rgb[fg] = (1 - alpha) * rgb[fg] + alpha * col
+        rgb[_boundary(fg, thickness)] = col
+    for m, color in outlines:
+        rgb[_boundary(np.asarray(m) != 0, thickness)] = np.array(color, dtype=np.float32)
+    return Image.fromarray(rgb.round().clip(0, 255).astype(np.uint8), "RGB")
+
+
 def overlay(
     image: Image.Image,
     mask: np.ndarray,
@@ -55,29 +85,14 @@ def overlay(
     color: tuple[int, int, int] = RED,
     alpha: float = 0.45,
 ) -> Image.Image:
-    """Return a new RGB image: ``image`` with ``mask`` (H, W; non-zero = foreground) tinted in
-    ``color`` at opacity ``alpha`` and outlined, ``gt`` (optional, H, W) outlined in green, and
-    ``text`` (optional) written in a caption strip added above the image.
-
-    The masks must have the image's size (H = image.height, W = image.width); ValueError otherwise.
-    """
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
-    h, w = rgb.shape[:2]
-    for name, m in (("mask", mask), ("gt", gt)):
-        if m is not None and np.shape(m) != (h, w):
-            raise ValueError(f"overlay: {name} is {np.shape(m)} but the image is {(h, w)} (height, width)")
-    fg = np.asarray(mask) != 0
-    thickness = max(1, min(h, w) // 160)
-    col = np.array(color, dtype=np.float32)
-    rgb[fg] = (1 - alpha) * rgb[fg] + alpha * col
-    rgb[_boundary(fg, thickness)] = col
-    if gt is not None:
-        rgb[_boundary(np.asarray(gt) != 0, thickness)] = np.array(GREEN, dtype=np.float32)
-    out = Image.fromarray(rgb.round().clip(0, 255).astype(np.uint8), "RGB")
+    """``image`` with ``mask`` (H, W) tinted in ``color`` and outlined, ``gt`` (optional) outlined in
+    green, and ``text`` (optional) written in a caption strip added above the image."""
+    out = draw_masks(image, [mask], [color], alpha=alpha, outlines=[(gt, GREEN)] if gt is not None else ())
     if not text:
         return out
+    w = out.width
     strip = _caption(text, w)
-    canvas = Image.new("RGB", (w, strip.height + h))
+    canvas = Image.new("RGB", (w, strip.height + out.height))
     canvas.paste(strip, (0, 0))
     canvas.paste(out, (0, strip.height))
     return canvas

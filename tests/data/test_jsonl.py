@@ -1,4 +1,4 @@
-"""The JSONL format: reading, writing, validation and error messages (DATA.md section 1)."""
+"""The JSONL format: reading, writing, validation and error messages (docs/data.md)."""
 from __future__ import annotations
 
 import json

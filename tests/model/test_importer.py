@@ -19,7 +19,7 @@ from transformers import InternVLForConditionalGeneration
 
 from self1e import Self1ePredictor
 from self1e.cli import main
-from self1e.importer import import_authors_checkpoint
+from self1e.model.importer import import_authors_checkpoint
 from self1e.model import Self1eConfig, Self1eModel
 from self1e.model.tiny import build_tokenizer, tiny_config
 

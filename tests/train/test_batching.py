@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from self1e.data.batching import BatchPlan, Source, TrainBatches
+from self1e.train.batching import BatchPlan, Source, TrainBatches
 from self1e.data.sample import Sample
-from self1e.processing import IGNORE_INDEX
+from self1e.model.processing import IGNORE_INDEX
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .model.config import Self1eConfig
-from .processing import IM_END, IM_START, IMG_CONTEXT, IMG_END, IMG_START
+from self1e.model.config import Self1eConfig
+from self1e.model.processing import IM_END, IM_START, IMG_CONTEXT, IMG_END, IMG_START
+from self1e.model.self1e import Self1eModel
+from self1e.model.weights import load_base
 
 log = logging.getLogger(__name__)
 
@@ -314,9 +316,6 @@ def import_authors_checkpoint(src: str | Path, out: str | Path, dtype: torch.dty
     """
     from transformers import AutoTokenizer, Qwen2Config
 
-    from .checkpoint import _load_base
-    from .model.self1e import Self1eModel
-
     src, out = Path(src), Path(out)
     cfg = read_source_config(src)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -348,7 +347,7 @@ def import_authors_checkpoint(src: str | Path, out: str | Path, dtype: torch.dty
         write_staging(files, where, cfg, staging)
         config.save_pretrained(staging)
         try:
-            base = _load_base(staging, dtype, "sdpa")
+            base = load_base(staging, dtype, "sdpa")
         except ValueError as e:
             raise ValueError(f"the weights converted from {src} do not fit the InternVL model described by its "
                              f"config.json: {e}") from None

@@ -13,7 +13,7 @@ from eval_testdata import rect_mask, save_mask, write_dataset, write_predictions
 from PIL import Image
 
 from self1e.cli import main
-from self1e.data.sample import read_mask_png
+from self1e.common.images import read_mask
 
 SIZE = (20, 10)  # width, height
 # Hand-computed case (ignore removes columns 15..19 of s5 from prediction and truth):
@@ -108,6 +108,7 @@ class FakePredictor:
         self.table = table
         self.calls: list[int] = []
         self.device = "cpu"
+        self.model = types.SimpleNamespace(config=types.SimpleNamespace(to_dict=lambda: {"mask_head": "fake"}))
 
     def predict_many(self, images, texts):
         self.calls.append(len(texts))
@@ -125,11 +126,11 @@ def _install_fake_predictor(monkeypatch, fake: FakePredictor) -> list:
 
     class Self1ePredictor:
         @classmethod
-        def from_pretrained(cls, path="default", device=None):
+        def from_pretrained(cls, path="default", device=None, config=None):
             seen.append((path, device))
             return fake
 
-    monkeypatch.setitem(sys.modules, "self1e.predictor", types.SimpleNamespace(Self1ePredictor=Self1ePredictor))
+    monkeypatch.setattr("self1e.inference.Self1ePredictor", Self1ePredictor)
     return seen
 
 
@@ -140,7 +141,7 @@ def test_model_path_with_fake_predictor_round_trips_through_saved_masks(tmp_path
     seen = _install_fake_predictor(monkeypatch, fake)
     out = tmp_path / "model" / "report.json"
     rc = run_cli("--model", "ckpt", "--device", "cpu", "--data", data, "--out", out, "--batch-size", "4",
-                 "--save-masks", tmp_path / "masks", "--overlays", "2")
+                 "--save-masks", tmp_path / "masks", "--num-overlays", "2")
     assert rc == 0 and seen == [("ckpt", "cpu")]
     assert fake.calls == [4, 2]  # batches of --batch-size, the last one partial
     model_rep = json.loads(out.read_text())
@@ -177,7 +178,7 @@ def test_several_datasets_limit_and_per_dataset_folders(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "m" / "val").iterdir()) == ["s0.png", "s1.png"]
     assert sorted(p.name for p in (tmp_path / "m" / "two_val").iterdir()) == ["s3.png", "s4.png"]
     assert rep["throughput"]["samples"] == 4
-    assert read_mask_png(tmp_path / "m" / "two_val" / "s4.png").sum() == 0
+    assert read_mask(tmp_path / "m" / "two_val" / "s4.png").sum() == 0
 
 
 def test_dataset_keys_are_short_and_unique(tmp_path):
@@ -192,7 +193,7 @@ def test_dataset_keys_are_short_and_unique(tmp_path):
 
 
 def test_overlay_draws_mask_truth_and_caption():
-    from self1e.eval.overlay import GREEN, overlay
+    from self1e.common.overlay import GREEN, overlay
 
     image = Image.new("RGB", (40, 30), (0, 0, 255))
     pred = rect_mask((40, 30), (5, 25, 5, 20))

@@ -106,7 +106,7 @@ def test_bad_values_are_named():
 def test_overfits_a_handful_of_samples(boxes, tmp_path):
     from self1e.data.jsonl import read_jsonl
     from self1e.eval.evaluate import PredictorSource, evaluate
-    from self1e.predictor import Self1ePredictor
+    from self1e.inference.predictor import Self1ePredictor
 
     cfg = tiny_cfg(boxes, tmp_path / "run", "max_steps=300", "batch_size=2", "warmup_steps=10", "log_every=20",
                    f"val={boxes}", "val_limit=null")
@@ -180,7 +180,7 @@ def test_time_budget_stops_cleanly_and_fresh_runs_do_not_overwrite(boxes, tmp_pa
 
 
 def test_lr_schedule_warms_up_then_decays_linearly():
-    from self1e.train.loop import lr_lambda
+    from self1e.train.setup import lr_lambda
 
     f = lr_lambda(warmup=4, total=10)
     assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
@@ -243,15 +243,14 @@ def test_two_process_ddp_on_cpu(boxes, tmp_path):
 
 
 def test_data_kinds_filter_keeps_only_listed_kinds():
-    from self1e.data.batching import load_samples
-    from self1e.train.loop import select_kinds
+    from self1e.data.datasets import load_dataset
 
     cfg = load_config(overrides=["data=[{spec: 'refshapes:train:60:3', kinds: [none, multi]}, 'refshapes:train:20:4']"])
     assert cfg.data[0].kinds == ("none", "multi") and cfg.data[1].kinds is None
-    samples = load_samples(cfg.data[0].spec)
-    kept = select_kinds(samples, cfg.data[0])
+    samples = load_dataset(cfg.data[0].spec)
+    kept = load_dataset(cfg.data[0].spec, kinds=cfg.data[0].kinds)
     assert kept and {s.kind for s in kept} == {"none", "multi"}
     assert len(kept) == sum(s.kind in ("none", "multi") for s in samples) < len(samples)
-    assert select_kinds(samples, cfg.data[1]) is samples
+    assert len(load_dataset(cfg.data[0].spec, kinds=None)) == len(samples)
     with pytest.raises(ValueError, match="no sample of kinds"):
-        select_kinds(samples, load_config(overrides=["data=[{spec: x.jsonl, kinds: [vqa]}]"]).data[0])
+        load_dataset(cfg.data[0].spec, kinds=("vqa",))

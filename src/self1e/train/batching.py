@@ -1,4 +1,4 @@
-"""Samples of every source -> model batches: grouping, mixing, a seeded resumable order, sharding.
+"""The training sampler: samples of every source -> model batches: grouping, mixing, a seeded resumable order, sharding.
 
 A *unit* is up to K samples of one image (the paper trains up to 3 expressions per image per
 step); they share one ``pixel_values`` entry and become K rows of the batch. A micro-batch holds
@@ -17,8 +17,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from ..processing import Batch, Self1eProcessor
-from .sample import Sample
+from self1e.model.processing import Batch, Self1eProcessor
+from self1e.data.sample import Sample
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +33,6 @@ class Source:
     name: str
     samples: Sequence[Sample]
     ratio: float = 1.0
-
-
-def load_samples(spec: str) -> list[Sample]:
-    """A dataset spec (a JSONL path or a named dataset) -> samples, as a list."""
-    from .datasets import load_dataset
-
-    return list(load_dataset(spec))
 
 
 def image_key(sample: Sample) -> object:

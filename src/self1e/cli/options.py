@@ -1,0 +1,29 @@
+"""Arguments that several sub-commands share, defined once so that one idea has one flag everywhere."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_model(p: argparse.ArgumentParser | argparse._ArgumentGroup, default: str | None = "default",
+              required: bool = False) -> None:
+    p.add_argument("--model", default=default, required=required, metavar="NAME_OR_DIR",
+                   help="a self1e checkpoint folder, a plain InternVL -hf folder, 'default' (the shipped "
+                        "RefShapes model) or tiny:NAME (random init)" + (" (default: %(default)s)" if default else ""))
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, metavar="DEVICE",
+                   help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
+
+
+def add_settings(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one of the model's SELF1E settings, e.g. seg_attention=causal (the "
+                        "self1e. prefix is optional); repeatable. Default: the checkpoint's own settings")
+
+
+def settings_from(args: argparse.Namespace) -> dict:
+    """The ``--set`` overrides as a mapping for ``load_model(config=...)``."""
+    from self1e.model.config import Self1eConfig
+
+    return Self1eConfig.parse_overrides(args.settings)

@@ -1,0 +1,89 @@
+"""Building a training run's parts from its config: the model with its trainable parameters, the
+batch stream, the optimizer and the LR schedule. Pure construction; the loop is in ``train.loop``."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from self1e.data.datasets import load_dataset
+from self1e.model import Self1eModel, load_model
+from self1e.train.batching import Source, TrainBatches
+from self1e.train.config import LoraSettings, TrainConfig
+
+
+def build_model(cfg: TrainConfig) -> Self1eModel:
+    """The model ``cfg.model`` names (``tiny:<name>`` initialised from ``cfg.seed``) with the config's
+    SELF1E settings, in float32. With ``cfg.image_size`` the ViT is moved to that tile size."""
+    model = load_model(cfg.model, config=cfg.self1e, dtype=torch.float32, attn_implementation=cfg.attn_implementation,
+                       seed=cfg.seed)
+    if cfg.image_size is not None and cfg.image_size != model.processor.image_size:
+        model.set_image_size(cfg.image_size)
+    return model
+
+
+def lora_target_regex(lora: LoraSettings) -> str:
+    """A full-match regex over module names of InternVLForConditionalGeneration."""
+    parts = []
+    if lora.llm_targets:
+        parts.append(r"model\.language_model\.layers\.\d+\..*\b(" + "|".join(lora.llm_targets) + ")")
+    if lora.vit_targets:
+        parts.append(r"model\.vision_tower\.encoder\.layer\.\d+\..*\b(" + "|".join(lora.vit_targets) + ")")
+    return "|".join(f"(?:{p})" for p in parts)
+
+
+def configure_trainable(model: Self1eModel, lora: LoraSettings) -> list[nn.Parameter]:
+    """LoRA off: everything trains. LoRA on: adapters + ``train_full`` modules + the mask head."""
+    if not lora.enabled:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return list(model.parameters())
+    from peft import LoraConfig, inject_adapter_in_model
+
+    regex = lora_target_regex(lora)
+    if regex:
+        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=regex)
+        inject_adapter_in_model(config, model.base)
+    for name, p in model.named_parameters():
+        p.requires_grad_(".lora_" in name or name.startswith("head."))
+    for name in lora.train_full:
+        try:
+            module = model.base.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"config key 'lora.train_full': the base model has no module {name!r}") from None
+        for p in module.parameters():
+            p.requires_grad_(True)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices only: not on biases, norms or embeddings."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 and "embed" not in name else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_lambda(warmup: int, total: int):
+    """Factor of the peak LR after ``s`` completed steps: linear warm-up, then linear decay to 0."""
+    def factor(s: int) -> float:
+        if s < warmup:
+            return (s + 1) / warmup
+        return max(0.0, (total - s) / max(1, total - warmup))
+    return factor
+
+
+def build_batches(cfg: TrainConfig, model: Self1eModel, rank: int, world: int) -> TrainBatches:
+    """This rank's endless, resumable stream of training batches over the config's mix."""
+    sources = [Source(d.spec, load_dataset(d.spec, kinds=d.kinds), d.ratio) for d in cfg.data]
+    return TrainBatches(sources, model.processor, cfg.batch_size, cfg.expressions_per_image, cfg.seed,
+                        rank, world, cfg.num_workers)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int):
+    """AdamW (decay on matrices only) and its schedule: linear warm-up, then linear decay to 0."""
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, total_steps))
+    return optimizer, scheduler
