@@ -10,11 +10,16 @@ $(BIN)/self1e: pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $(BIN)/self1e
 
-.PHONY: setup test demo
+.PHONY: setup test quick demo
 setup: $(BIN)/self1e
 
 test: setup
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -n 2 -q
+
+quick: setup  # the development loop: lint, then every test not marked slow
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -n 2 -q -m "not slow"
 
 demo: setup
 	$(BIN)/self1e demo

@@ -30,7 +30,8 @@ def run_one(config: str, rung: str, attention: str, seed: int, steps: int, out: 
 
     run_dir = out / f"{rung}-{attention}-seed{seed}"
     cfg = load_config(config, [f"self1e.mask_head={rung}", f"self1e.seg_attention={attention}", f"seed={seed}",
-                               f"max_steps={steps}", "val=null", "save_every=0", "max_minutes=null", f"out={run_dir}", *overrides])
+                               f"max_steps={steps}", "val=null", "save_every=0", "max_minutes=null", f"out={run_dir}",
+                               *overrides])
     start = time.time()
     final = train(cfg)
     minutes = (time.time() - start) / 60

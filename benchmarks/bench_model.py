@@ -18,9 +18,9 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Callable, Iterator
 from unittest import mock
 
 import numpy as np
@@ -28,15 +28,15 @@ import torch
 import transformers
 from PIL import Image
 from transformers import InternVLConfig, InternVLForConditionalGeneration, PreTrainedModel, Qwen2Config
-from transformers.models.internvl.configuration_internvl import InternVLVisionConfig
 from transformers.models.internvl import modeling_internvl
+from transformers.models.internvl.configuration_internvl import InternVLVisionConfig
 from transformers.models.qwen2 import modeling_qwen2
 
 from self1e.model import Self1eConfig, Self1eModel
-from self1e.model.self1e import Self1eOutput
 from self1e.model.pixel_shuffle import project_replicated
-from self1e.model.tiny import TINY_SPECS, build_tiny_base, build_tokenizer
 from self1e.model.processing import IGNORE_INDEX, IMG_CONTEXT, INFERENCE_ANSWER, Batch
+from self1e.model.self1e import Self1eOutput
+from self1e.model.tiny import TINY_SPECS, build_tiny_base, build_tokenizer
 
 EXPRESSION = "the red circle on the left"
 DEFAULT_OUT = Path(__file__).parent / "results" / "bench_model.json"

@@ -21,9 +21,9 @@ _EXPORTS = {
 }
 __all__ = [*_EXPORTS, "__version__"]
 
-if TYPE_CHECKING:
-    from self1e.inference import SegmentationResult, Self1ePredictor
-    from self1e.model import Self1eConfig, Self1eModel, Self1eOutput, Self1eProcessor, load_model
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
+    from self1e.inference import SegmentationResult, Self1ePredictor  # noqa: F401
+    from self1e.model import Self1eConfig, Self1eModel, Self1eOutput, Self1eProcessor, load_model  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -5,8 +5,16 @@ import json
 
 import numpy as np
 
-from data_fixtures import (EXPECTED, GEXPECTED, rect, reasonseg_expected, write_ade20k,
-                           write_grefcoco, write_reasonseg, write_refcoco)
+from data_fixtures import (
+    EXPECTED,
+    GEXPECTED,
+    reasonseg_expected,
+    rect,
+    write_ade20k,
+    write_grefcoco,
+    write_reasonseg,
+    write_refcoco,
+)
 from self1e.cli import main
 from self1e.data.jsonl import read_jsonl, validate
 

@@ -2,7 +2,6 @@
 import json
 
 from data_fixtures import write_grefcoco, write_refcoco
-
 from self1e.cli import main
 
 METRICS = {"cIoU", "gIoU", "n", "P@0.5", "P@0.9"}

@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import json
-import sys
 import types
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-from eval_testdata import rect_mask, save_mask, write_dataset, write_predictions
 from PIL import Image
 
+from eval_testdata import rect_mask, save_mask, write_dataset, write_predictions
 from self1e.cli import main
 from self1e.common.images import read_mask
 
@@ -87,7 +86,8 @@ def test_missing_predictions_folder_and_bad_options_exit_2(tmp_path, capsys):
     assert run_cli("--predictions", tmp_path / "nowhere", "--data", data, "--out", tmp_path / "r.json") == 2
     assert "nowhere" in capsys.readouterr().err
     (tmp_path / "p").mkdir()
-    assert run_cli("--predictions", tmp_path / "p", "--data", data, "--out", tmp_path / "r.json", "--batch-size", "0") == 2
+    assert run_cli("--predictions", tmp_path / "p", "--data", data, "--out", tmp_path / "r.json",
+                   "--batch-size", "0") == 2
     assert "--batch-size" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:  # argparse: exactly one of --model / --predictions
         run_cli("--model", "m", "--predictions", tmp_path / "p", "--data", data, "--out", tmp_path / "r.json")

@@ -9,8 +9,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_fixtures import (ADE_LABELS, COCO_NAME, EXPECTED, GEXPECTED, H, W, reasonseg_expected,
-                           rect, write_ade20k, write_grefcoco, write_reasonseg, write_refcoco)
+from data_fixtures import (
+    ADE_LABELS,
+    COCO_NAME,
+    EXPECTED,
+    GEXPECTED,
+    H,
+    W,
+    reasonseg_expected,
+    rect,
+    write_ade20k,
+    write_grefcoco,
+    write_reasonseg,
+    write_refcoco,
+)
 from self1e.data import safe_pickle
 from self1e.data.datasets import load_dataset
 from self1e.data.reasonseg import load_reasonseg

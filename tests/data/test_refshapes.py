@@ -16,8 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from self1e.data.jsonl import read_jsonl, validate
-from self1e.data.refshapes import (HELD_OUT_PAIRS, SPLITS, generate, iter_samples, iter_scenes,
-                                   make_scene, render)
+from self1e.data.refshapes import HELD_OUT_PAIRS, SPLITS, generate, iter_samples, iter_scenes, make_scene, render
 
 COLOURS = "red green blue yellow purple orange white black".split()
 NOUN = {"circle": "circle", "ball": "circle", "square": "square", "box": "square",
@@ -124,7 +123,7 @@ def test_every_expression_is_true_and_unambiguous(seed, split, size):
         objs = item.scene.objects
         image = np.asarray(render(item.scene))
         labels = item.scene.ids >> 1
-        for i, o in enumerate(objs):  # the mask shows exactly the object's fill and outline colours
+        for i in range(len(objs)):  # the mask shows exactly the object's fill and outline colours
             colours = {tuple(c) for c in image[labels == i + 1]}
             fill = item.scene.fills[i]
             assert colours <= {fill, tuple(int(v * 0.55) for v in fill)}

@@ -5,10 +5,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from eval_testdata import samples_of, write_dataset, write_predictions
 
+from eval_testdata import samples_of, write_dataset, write_predictions
 from self1e.eval.evaluate import FolderSource, evaluate
 
 
@@ -58,6 +59,7 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
+@pytest.mark.slow
 def test_two_process_sharded_eval_equals_one_process(tmp_path):
     rows, preds, sizes = _rows_and_preds()
     write_dataset(tmp_path / "data", rows)
@@ -81,6 +83,7 @@ def test_two_process_sharded_eval_equals_one_process(tmp_path):
     assert len(_files(tmp_path / "out1" / "ov")) == 4
 
 
+@pytest.mark.slow
 def test_an_error_on_one_rank_reaches_every_rank_without_hanging(tmp_path):
     rows, preds, sizes = _rows_and_preds()
     write_dataset(tmp_path / "data", rows)

@@ -83,7 +83,8 @@ def test_segment_cli_writes_masks_overlay_and_rle(tiny_model_dir, tmp_path):
 
     img = write_image(tmp_path / "wide.jpg")
     rc = main(["segment", "--model", str(tiny_model_dir), "--image", str(img), "--text", "the red circle",
-               "--out", str(tmp_path / "m.png"), "--overlay", str(tmp_path / "o.png"), "--json", str(tmp_path / "r.json")])
+               "--out", str(tmp_path / "m.png"), "--overlay", str(tmp_path / "o.png"),
+               "--json", str(tmp_path / "r.json")])
     assert rc == 0
     mask = np.asarray(Image.open(tmp_path / "m.png"))
     assert mask.shape == (40, 90) and set(np.unique(mask)) <= {0, 255}

@@ -1,7 +1,8 @@
 """The shipped default model: it loads by name, is small, and still scores (a regression floor)."""
 import json
-
 from pathlib import Path
+
+import pytest
 
 from self1e.model.weights import DEFAULT_MODEL_DIR, resolve_model_path
 
@@ -24,6 +25,7 @@ def test_default_resolves_and_is_small():
     assert not list(DEFAULT_MODEL_DIR.glob("*.jsonl")) and not (DEFAULT_MODEL_DIR / "eval_report.json").exists()
 
 
+@pytest.mark.slow
 def test_default_model_scores_above_its_floor():
     from self1e.data.datasets import load_dataset
     from self1e.eval.evaluate import PredictorSource, evaluate

@@ -19,8 +19,8 @@ from transformers import InternVLForConditionalGeneration
 
 from self1e import Self1ePredictor
 from self1e.cli import main
-from self1e.model.importer import import_authors_checkpoint
 from self1e.model import Self1eConfig, Self1eModel
+from self1e.model.importer import import_authors_checkpoint
 from self1e.model.tiny import build_tokenizer, tiny_config
 
 # InternViT-300M style (InternVL3-1B..14B) and InternViT-6B style (InternVL3-38B/78B) vision towers.
@@ -312,7 +312,8 @@ BREAKERS = {
     "missing head key": (lambda s: _drop_tensor(s, "combine_decode_proj_ori.2.bias"),
                          r"combine_decode_proj_ori\.2\.bias"),
     "pickle only": (_only_pickle, r"pickle weights \['pytorch_model\.bin'\]"),
-    "InternLM2 LLM": (lambda s: _edit_config(s, lambda c: c["llm_config"].update(architectures=["InternLM2ForCausalLM"])),
+    "InternLM2 LLM": (lambda s: _edit_config(s, lambda c: c["llm_config"].update(
+        architectures=["InternLM2ForCausalLM"])),
                       r"only \['Qwen2ForCausalLM'\].*not InternLM2ForCausalLM"),
     "truncated shard": (_truncate, r"model-00002-of-00003\.safetensors.*truncated"),
     "missing shard": (lambda s: (s / "model-00003-of-00003.safetensors").unlink(),

@@ -12,7 +12,8 @@ TEXTS = ["the red circle", "all the blue boxes on the left"]
 
 def make(mask_head="rfa", seg_attention="bidirectional", max_tiles=1, seed=0):
     base, tok = build_tiny_base("tiny", seed=seed)
-    return Self1eModel.from_base(base, tok, Self1eConfig(mask_head=mask_head, seg_attention=seg_attention, max_tiles=max_tiles))
+    config = Self1eConfig(mask_head=mask_head, seg_attention=seg_attention, max_tiles=max_tiles)
+    return Self1eModel.from_base(base, tok, config)
 
 
 def image(w=56, h=56, seed=0):
@@ -75,7 +76,8 @@ def image_token_states(model, texts):
     with torch.no_grad():
         feats = model.encode_images(batch.pixel_values, batch.grids)
         embeds = model.embed(batch.input_ids, feats, batch.image_index)
-        hidden = model._llm(embeds, batch.input_ids, batch.attention_mask, model.config.seg_attention == "bidirectional")
+        bidirectional = model.config.seg_attention == "bidirectional"
+        hidden = model._llm(embeds, batch.input_ids, batch.attention_mask, bidirectional)
     return hidden[batch.input_ids == model.image_token_id].reshape(len(texts), -1, hidden.shape[-1])
 
 
@@ -126,13 +128,15 @@ def test_folded_dot_product_equals_direct():
 
 def test_rfa_head_matches_the_specification():
     """The full rfa computation written out step by step from the design."""
-    from self1e.model.pixel_shuffle import pixel_unshuffle as pus
     import torch.nn.functional as F
+
+    from self1e.model.pixel_shuffle import pixel_unshuffle as pus
 
     torch.manual_seed(0)
     c = 8
     head = MaskHead(c, "rfa")
-    f_img, f_v1, hq, h_seg = torch.randn(2, 3, 5, c), torch.randn(2, 3, 5, c), torch.randn(2, 6, 10, c), torch.randn(2, c)
+    f_img, f_v1 = torch.randn(2, 3, 5, c), torch.randn(2, 3, 5, c)
+    hq, h_seg = torch.randn(2, 6, 10, c), torch.randn(2, c)
     up = lambda t: F.interpolate(t.permute(0, 3, 1, 2), scale_factor=2, mode="bilinear").permute(0, 2, 3, 1)  # noqa: E731
     f_rfa = pus(head.f_pus_llm(f_img) - head.f_pus(f_v1))
     feats = head.g(pus(head.f_pus(hq)) + up(f_rfa))
@@ -209,11 +213,14 @@ def test_batched_mask_loss_equals_mean_of_per_row_losses():
     batch = Batch(ids, torch.ones_like(ids), ids, torch.zeros(1), [], torch.zeros(3, dtype=torch.long),
                   [targets[0], None, targets[2]])
     got = model._mask_loss(torch.arange(3), logits, aux, batch)
-    per_row = [mask_loss(logits[k][None], targets[k][None], 2.0, 0.5) + mask_loss(aux[k][None], targets[k][None], 2.0, 0.5)
-               for k in (0, 2)]
+
+    def both(k, target):
+        return mask_loss(logits[k][None], target[None], 2.0, 0.5) + mask_loss(aux[k][None], target[None], 2.0, 0.5)
+
+    per_row = [both(k, targets[k]) for k in (0, 2)]
     assert torch.allclose(got, sum(per_row) / 2, atol=1e-6)
     batch.mask_targets[2] = (torch.rand(24, 20) > 0.5).float()  # different shapes: the per-row path
-    per_row[1] = mask_loss(logits[2][None], batch.mask_targets[2][None], 2.0, 0.5) + mask_loss(aux[2][None], batch.mask_targets[2][None], 2.0, 0.5)
+    per_row[1] = both(2, batch.mask_targets[2])
     assert torch.allclose(model._mask_loss(torch.arange(3), logits, aux, batch), sum(per_row) / 2, atol=1e-6)
 
 
@@ -236,9 +243,9 @@ def test_ignored_pixels_take_no_mask_loss():
 
 def test_training_targets_carry_the_ignore_region():
     """make_batch reads a sample's ignore map: those target pixels are IGNORE_PIXEL, the rest 0 / 1."""
-    from self1e.train.batching import Source, TrainBatches
     from self1e.data.sample import Sample
     from self1e.model.processing import IGNORE_PIXEL
+    from self1e.train.batching import Source, TrainBatches
 
     model = make()
     mask = np.zeros((56, 56), bool)

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from self1e.train.batching import BatchPlan, Source, TrainBatches
 from self1e.data.sample import Sample
 from self1e.model.processing import IGNORE_INDEX
+from self1e.train.batching import BatchPlan, Source, TrainBatches
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,9 @@ def seg_samples(n_images: int, per_image: int, prefix: str = "s") -> list[Sample
         im = _image(i)
         draw = lambda im=im: im  # noqa: E731
         for j in range(per_image):
-            mask = (lambda j=j: np.arange(40)[None, :].repeat(30, 0) < 5 * (j + 1))
+            def mask(j=j):
+                return np.arange(40)[None, :].repeat(30, 0) < 5 * (j + 1)
+
             out.append(Sample(id=f"{prefix}{i}_{j}", image=draw, text=f"the red box {j}", mask=mask))
     return out
 

@@ -103,6 +103,7 @@ def test_bad_values_are_named():
 
 
 # ---- training ----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_overfits_a_handful_of_samples(boxes, tmp_path):
     from self1e.data.jsonl import read_jsonl
     from self1e.eval.evaluate import PredictorSource, evaluate
@@ -212,6 +213,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_ddp_on_cpu(boxes, tmp_path):
     script = tmp_path / "run.py"
     script.write_text("import sys\nfrom self1e.cli import main\nsys.exit(main())\n")

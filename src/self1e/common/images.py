@@ -5,15 +5,16 @@ file) exactly once; every mask file is read by :func:`read_mask` and written by 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar, Union
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
 
 from self1e.common.errors import DataError
 
-ImageLike = Union[str, Path, Image.Image, np.ndarray]
+ImageLike = str | Path | Image.Image | np.ndarray
 """What every image argument accepts: a file path, a PIL image of any mode, or an HxW / HxWxC array
 (uint8, or float in [0, 1])."""
 
@@ -68,7 +69,11 @@ def to_rgb(image: ImageLike) -> Image.Image:
 
 def read_mask(path: str | Path) -> np.ndarray:
     """Read a mask file as a bool (H, W) array; any non-zero pixel is foreground."""
-    return _read(path, "mask", lambda im: np.asarray(im if im.mode in ("L", "1", "I", "I;16") else im.convert("L")) != 0)
+    return _read(path, "mask", _mask_pixels)
+
+
+def _mask_pixels(im: Image.Image) -> np.ndarray:
+    return np.asarray(im if im.mode in ("L", "1", "I", "I;16") else im.convert("L")) != 0
 
 
 def write_mask_png(mask: np.ndarray, path: str | Path) -> Path:

@@ -15,11 +15,12 @@ Spec grammar (``ROOT`` is the dataset root folder, laid out as docs/data.md desc
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from self1e.data.refer import DATASETS as REFER_DATASETS, load_refer
 from self1e.common.errors import DataError
+from self1e.data.refer import DATASETS as REFER_DATASETS
+from self1e.data.refer import load_refer
 from self1e.data.sample import Sample
 
 NAMES = (*REFER_DATASETS, "reasonseg", "semseg", "vqa", "refshapes")

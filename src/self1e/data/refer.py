@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from self1e.data import safe_pickle
 from self1e.common.errors import DataError
+from self1e.data import safe_pickle
 from self1e.data.sample import Sample, read_json
 
 log = logging.getLogger(__name__)

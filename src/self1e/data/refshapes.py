@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from self1e.data.refshapes_text import (COLOURS, SHAPES, Obj, Phrase, propose, propose_vqa)
 from self1e.common.images import write_mask_png
+from self1e.data.refshapes_text import COLOURS, SHAPES, Obj, Phrase, propose, propose_vqa
 from self1e.data.sample import Sample
 
 log = logging.getLogger(__name__)
@@ -331,7 +331,7 @@ def generate(out_dir: str | Path, split: str, n: int, seed: int, size: int = 224
             render_palette(item.scene).save(out / image_rel, **PNG_OPTIONS)
             saved: set[str] = set()
 
-            def mask_file(target: frozenset[int]) -> str:
+            def mask_file(target: frozenset[int], item=item, saved=saved) -> str:
                 rel = f"{split}/masks/{item.index:06d}_{'-'.join(map(str, sorted(target)))}.png"
                 if rel not in saved:
                     write_mask_png(item.scene.mask(target), out / rel)

@@ -7,8 +7,8 @@ Spatial and size words count as true only with a clear margin, so every emitted 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 

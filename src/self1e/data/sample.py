@@ -4,9 +4,9 @@ Images and masks are loaded lazily so that a dataset of 100k samples costs only 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Union
 
 import numpy as np
 from PIL import Image
@@ -15,7 +15,7 @@ from self1e.common.errors import DataError
 from self1e.common.images import open_image, read_mask
 
 # A mask is either a PNG path (any non-zero pixel is foreground) or a function that draws it.
-MaskSource = Union[str, Path, Callable[[], np.ndarray]]
+MaskSource = str | Path | Callable[[], np.ndarray]
 
 
 def read_json(path: Path, what: str):

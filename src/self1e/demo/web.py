@@ -13,7 +13,8 @@ from self1e.common.overlay import draw_masks, overlay
 PALETTE = ((230, 40, 40), (40, 110, 230), (40, 170, 70), (240, 170, 20), (160, 60, 200), (20, 180, 190))
 
 
-def segment_expressions(predictor, image: ImageLike | None, text_block: str) -> tuple[Image.Image, list[dict[str, Any]]]:
+def segment_expressions(predictor, image: ImageLike | None,
+                        text_block: str) -> tuple[Image.Image, list[dict[str, Any]]]:
     """One expression per non-empty line of ``text_block``, all in one batched pass.
     Returns the image with every mask drawn in its own colour, and one summary row per expression."""
     texts = [t.strip() for t in (text_block or "").splitlines() if t.strip()]
@@ -25,7 +26,7 @@ def segment_expressions(predictor, image: ImageLike | None, text_block: str) -> 
     predictor.set_image(rgb)
     results = predictor.predict_batch(texts)
     colors = [PALETTE[k % len(PALETTE)] for k in range(len(results))]
-    rows = [{"expression": r.text, "colour": "#%02x%02x%02x" % c, "pixels": int(r.mask.sum()),
+    rows = [{"expression": r.text, "colour": "#{:02x}{:02x}{:02x}".format(*c), "pixels": int(r.mask.sum()),
              "score": round(r.score, 3), "empty": r.empty} for r, c in zip(results, colors)]
     return draw_masks(rgb, [r.mask for r in results], colors), rows
 

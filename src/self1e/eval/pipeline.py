@@ -6,9 +6,10 @@ writes ``report.json`` and ``report.md`` and returns the report; other ranks ret
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from self1e.common.distributed import rank_world
 from self1e.data.datasets import load_dataset

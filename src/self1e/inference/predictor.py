@@ -7,9 +7,10 @@ model and the head. Segmentation is one teacher-forced pass (prompt + "[SEG].") 
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,7 +71,7 @@ class Self1ePredictor:
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = "default", device: str | torch.device | None = None,
                         dtype: torch.dtype | None = None,
-                        config: Self1eConfig | Mapping[str, Any] | None = None) -> "Self1ePredictor":
+                        config: Self1eConfig | Mapping[str, Any] | None = None) -> Self1ePredictor:
         """Load a model by name or folder (see :func:`self1e.model.load_model`; ``config`` overrides
         its SELF1E settings). On CUDA the default dtype is bf16."""
         device = pick_device(device)
@@ -160,6 +161,7 @@ class Self1ePredictor:
         if model.seg_token_id not in new:
             return answer, None
         cut = new.index(model.seg_token_id) + 1
-        batch = p.collate([(ids + new[:cut], [IGNORE_INDEX] * (len(ids) + cut))], [image], [0]).to(self.device, model.dtype)
+        rows = [(ids + new[:cut], [IGNORE_INDEX] * (len(ids) + cut))]
+        batch = p.collate(rows, [image], [0]).to(self.device, model.dtype)
         logits = model(batch, image_features=feats).mask_logits[0]
         return answer, to_result(question, resize_logits(logits[None].float(), (image.size[1], image.size[0]))[0])

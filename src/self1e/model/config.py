@@ -22,7 +22,7 @@ class Self1eConfig:
     dice_weight: float = 0.5  # soft Dice on sigmoid probabilities
     aux_weight: float = 1.0  # weight of the low-resolution auxiliary head's loss (rfa only)
     loss_short_side: int = 128  # ground truth and logits are compared with this short side
-    causal_lm_loss: bool = True  # LM loss from a causal pass, so the [SEG] decision cannot leak (see the README, "Training")
+    causal_lm_loss: bool = True  # LM loss from a causal pass, so the [SEG] decision cannot leak (README, "Training")
     max_tiles: int = 1  # 1 = one tile per image; >1 = InternVL dynamic tiling, stitched before the head
     use_thumbnail: bool = True  # with several tiles, also feed InternVL's global thumbnail tile to the LLM
 
@@ -38,7 +38,7 @@ class Self1eConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Self1eConfig":
+    def from_dict(cls, d: dict) -> Self1eConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -46,7 +46,7 @@ class Self1eConfig:
         return cls(**d)
 
     @classmethod
-    def parse_overrides(cls, items: "list[str] | tuple[str, ...]") -> dict:
+    def parse_overrides(cls, items: list[str] | tuple[str, ...]) -> dict:
         """``["seg_attention=causal", "self1e.mask_head=rfr"]`` -> a mapping of field overrides
         (values read as YAML scalars; the ``self1e.`` prefix is optional). Unknown fields are errors."""
         import yaml
@@ -70,7 +70,7 @@ class Self1eConfig:
         Path(directory, CONFIG_NAME).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, directory: str | Path) -> "Self1eConfig":
+    def load(cls, directory: str | Path) -> Self1eConfig:
         path = Path(directory, CONFIG_NAME)
         try:
             return cls.from_dict(json.loads(path.read_text()))

@@ -7,9 +7,8 @@ was trained on. Prompts follow InternVL's chat format (``<|im_start|>`` turns; t
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -31,7 +30,8 @@ SEG_QUESTIONS = (
     "What is {x} in this image? Please output segmentation mask.",
 )
 SENTENCE_QUESTION = "{x} Please output segmentation mask."
-SEG_ANSWERS = ("It is [SEG].", "Sure, [SEG].", "Sure, it is [SEG].", "Sure, the segmentation result is [SEG].", "[SEG].")
+SEG_ANSWERS = ("It is [SEG].", "Sure, [SEG].", "Sure, it is [SEG].", "Sure, the segmentation result is [SEG].",
+               "[SEG].")
 INFERENCE_ANSWER = "[SEG]."
 
 
@@ -76,7 +76,7 @@ class Batch:
     image_index: torch.Tensor
     mask_targets: list[torch.Tensor | None] | None = None
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Batch":
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Batch:
         pv = self.pixel_values.to(device, dtype) if dtype else self.pixel_values.to(device)
         targets = None if self.mask_targets is None else [t if t is None else t.to(device) for t in self.mask_targets]
         return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device), pv,
@@ -161,7 +161,8 @@ class Self1eProcessor:
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def conversation(self, question: str, answer: str | None, n_tiles: int, close: bool = True) -> tuple[list[int], list[int]]:
+    def conversation(self, question: str, answer: str | None, n_tiles: int,
+                     close: bool = True) -> tuple[list[int], list[int]]:
         """Token ids and labels for one user turn with the image and an optional assistant answer.
         Labels cover only the answer (and its end-of-turn when ``close``)."""
         prompt = (self._encode(f"{IM_START}user\n") + [self.img_start_id]
@@ -194,6 +195,7 @@ class Self1eProcessor:
         image_index = list(range(len(texts))) if image_index is None else list(image_index)
         rows = []
         for t, i in zip(texts, image_index):
-            ids, _ = self.conversation(self.seg_question(t), INFERENCE_ANSWER, self.n_tiles(images[i].grid), close=False)
+            n_tiles = self.n_tiles(images[i].grid)
+            ids, _ = self.conversation(self.seg_question(t), INFERENCE_ANSWER, n_tiles, close=False)
             rows.append((ids, [IGNORE_INDEX] * len(ids)))  # no LM loss: inference needs neither it nor LM logits
         return self.collate(rows, images, image_index)

@@ -6,8 +6,9 @@ a tiny geometry, see :mod:`self1e.model.tiny`), or a folder (a self1e checkpoint
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 

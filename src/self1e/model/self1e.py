@@ -7,23 +7,24 @@ custom 4D attention mask to the language model.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tokenizers import AddedToken
+from torch import nn
 from transformers import InternVLForConditionalGeneration
 
-from self1e.model.processing import IGNORE_INDEX, Batch, Self1eProcessor
+from self1e.model import weights
 from self1e.model.attention import position_ids_from_mask, seg_attention_mask
 from self1e.model.config import Self1eConfig
 from self1e.model.head import MaskHead
 from self1e.model.losses import mask_loss
 from self1e.model.pixel_shuffle import pixel_shuffle, project_replicated
-from self1e.model import weights
+from self1e.model.processing import IGNORE_INDEX, Batch, Self1eProcessor
 
 log = logging.getLogger(__name__)
 
@@ -139,14 +140,14 @@ class Self1eModel(nn.Module):
 
     # ---- construction ---------------------------------------------------------------------------
     @classmethod
-    def from_base(cls, base, tokenizer, config: Self1eConfig | None = None) -> "Self1eModel":
+    def from_base(cls, base, tokenizer, config: Self1eConfig | None = None) -> Self1eModel:
         """Wrap an in-memory InternVL model; adds [SEG] and fresh mask heads."""
         return cls(base, tokenizer, config or Self1eConfig())
 
     @classmethod
     def from_pretrained(cls, path: str | Path, config: Self1eConfig | Mapping[str, Any] | None = None,
                         dtype: torch.dtype | None = None, attn_implementation: str = "sdpa",
-                        device: str | torch.device | None = None) -> "Self1eModel":
+                        device: str | torch.device | None = None) -> Self1eModel:
         """Load a self1e checkpoint folder (or ``"default"``): everything restored; or a plain InternVL
         ``-hf`` folder: [SEG] added, embeddings resized, fresh heads attached.
 
@@ -161,7 +162,8 @@ class Self1eModel(nn.Module):
         if saved is not None:
             weights.load_head(model.head, path, settings.mask_head)
         else:
-            log.info("loaded a plain InternVL checkpoint from %s: added %s and fresh mask heads", path, settings.seg_token)
+            log.info("loaded a plain InternVL checkpoint from %s: added %s and fresh mask heads", path,
+                     settings.seg_token)
         if device is not None:
             model.to(device)
         return model.eval()
@@ -184,7 +186,8 @@ class Self1eModel(nn.Module):
         pixel_values: (T, 3, S, S) tiles of the images whose tile grids are ``grids``."""
         inner = self.base.model
         cfg = self.base.config
-        out = inner.vision_tower(pixel_values=pixel_values.to(self.dtype), output_hidden_states=cfg.vision_feature_layer != -1)
+        out = inner.vision_tower(pixel_values=pixel_values.to(self.dtype),
+                                 output_hidden_states=cfg.vision_feature_layer != -1)
         feats = out.last_hidden_state if cfg.vision_feature_layer == -1 else out.hidden_states[cfg.vision_feature_layer]
         if cfg.vision_feature_select_strategy == "default":
             feats = feats[:, 1:]
@@ -219,8 +222,10 @@ class Self1eModel(nn.Module):
                 raise ValueError(f"row {r} has {c} image tokens but its image gives {row.shape[0]} features")
         return embeds.masked_scatter(image_pos[..., None], torch.cat(rows).to(embeds.dtype))
 
-    def _llm(self, embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, bidirectional: bool) -> torch.Tensor:
-        mask = seg_attention_mask(input_ids, attention_mask, self.image_token_id, self.seg_token_id, embeds.dtype, bidirectional)
+    def _llm(self, embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+             bidirectional: bool) -> torch.Tensor:
+        mask = seg_attention_mask(input_ids, attention_mask, self.image_token_id, self.seg_token_id, embeds.dtype,
+                                  bidirectional)
         out = self.base.model.language_model(inputs_embeds=embeds, attention_mask=mask,
                                              position_ids=position_ids_from_mask(attention_mask), use_cache=False)
         return out.last_hidden_state  # after the final norm
@@ -248,7 +253,10 @@ class Self1eModel(nn.Module):
                 lm_logits = self.base.lm_head(lm_hidden)
             if has_labels:  # the LM head only where a label is (exact; avoids B x L x V logits)
                 keep = batch.labels[:, 1:] != IGNORE_INDEX
-                scored = lm_logits[:, :-1][keep] if lm_logits is not None else self.base.lm_head(lm_hidden[:, :-1][keep])
+                if lm_logits is not None:
+                    scored = lm_logits[:, :-1][keep]
+                else:
+                    scored = self.base.lm_head(lm_hidden[:, :-1][keep])
                 lm_loss = F.cross_entropy(scored.float(), batch.labels[:, 1:][keep])
 
         seg_rows, mask_logits, aux_logits = self._masks(hidden, batch, feats, with_aux)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, decoders
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import InternVLConfig, InternVLForConditionalGeneration, PreTrainedTokenizerFast, Qwen2Config
 from transformers.models.internvl.configuration_internvl import InternVLVisionConfig
 
-from self1e.model.processing import IMG_CONTEXT, IMG_END, IMG_START, IM_END, IM_START
+from self1e.model.processing import IM_END, IM_START, IMG_CONTEXT, IMG_END, IMG_START
 
 SPECIAL_TOKENS = ["<unk>", "<|endoftext|>", IM_START, IM_END, IMG_START, IMG_END, IMG_CONTEXT]
 
@@ -63,7 +63,8 @@ class TinySpec:
 TINY_SPECS = {
     "tiny": TinySpec(),  # tests: 8x8 patches, 16 LLM image tokens, 32x32 rfa mask
     "small": TinySpec(224, 14, 64, 2, 2, 96, 3, 4, 2),  # 224 px: 16x16 patches, 64 LLM image tokens
-    "small112": TinySpec(112, 14, 64, 2, 2, 96, 3, 4, 2),  # the same widths at 112 px: the default model's first stages, the CPU ablation
+    # the same widths at 112 px: the default model's first stages, the CPU ablation
+    "small112": TinySpec(112, 14, 64, 2, 2, 96, 3, 4, 2),
 }
 
 
@@ -89,7 +90,8 @@ def tiny_config(name: str = "tiny", vocab_size: int = 256, image_token_id: int =
     )
 
 
-def build_tiny_base(name: str = "tiny", seed: int = 0) -> tuple[InternVLForConditionalGeneration, PreTrainedTokenizerFast]:
+def build_tiny_base(name: str = "tiny",
+                    seed: int = 0) -> tuple[InternVLForConditionalGeneration, PreTrainedTokenizerFast]:
     """A randomly initialised InternVL model and its tokenizer (without ``[SEG]``)."""
     import torch
 

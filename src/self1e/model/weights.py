@@ -57,7 +57,8 @@ def load_base(path: Path, dtype: torch.dtype | None, attn_implementation: str):
     except (OSError, ValueError, json.JSONDecodeError) as e:
         raise ValueError(f"{path / 'config.json'}: not a valid InternVL config ({e})") from None
     if config.model_type != "internvl":
-        raise ValueError(f"{path}: model_type is {config.model_type!r}, expected 'internvl' (a transformers -hf checkpoint)")
+        raise ValueError(f"{path}: model_type is {config.model_type!r}, expected 'internvl' "
+                         "(a transformers -hf checkpoint)")
     try:
         base, info = InternVLForConditionalGeneration.from_pretrained(
             path, dtype=dtype or torch.float32, attn_implementation=attn_implementation, output_loading_info=True)

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
-from self1e.model.processing import Batch, Self1eProcessor
 from self1e.data.sample import Sample
+from self1e.model.processing import Batch, Self1eProcessor
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,8 @@ class BatchPlan:
     def __init__(self, sources: Sequence[Source], batch_size: int, k: int, seed: int, world_size: int = 1) -> None:
         if batch_size < 1 or k < 1 or world_size < 1:
             raise ValueError(f"need batch_size, k and world_size >= 1, got {batch_size}, {k}, {world_size}")
-        self.sources, self.batch_size, self.k, self.seed, self.world_size = list(sources), batch_size, k, seed, world_size
+        self.sources, self.batch_size, self.k = list(sources), batch_size, k
+        self.seed, self.world_size = seed, world_size
         for s in self.sources:
             if not s.ratio > 0:
                 raise ValueError(f"dataset {s.name!r}: ratio must be > 0, got {s.ratio}")
@@ -144,7 +145,7 @@ class MicroBatchDataset(torch.utils.data.Dataset):
     ``start + W``, ...): index -> Batch.
     Lets a ``DataLoader`` with workers load images in parallel while keeping the order."""
 
-    def __init__(self, batches: "TrainBatches", epoch: int, start: int) -> None:
+    def __init__(self, batches: TrainBatches, epoch: int, start: int) -> None:
         self.batches, self.epoch = batches, epoch
         plan = batches.plan.epoch(epoch)
         self.indices = list(range(start, len(plan), batches.world_size))

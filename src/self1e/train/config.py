@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -55,7 +56,7 @@ class TrainConfig:
     """A training run. Steps are optimizer steps; a micro-batch is ``batch_size`` images per process."""
 
     # -- model
-    model: str = "tiny:small"  # a model folder (InternVL -hf or self1e checkpoint), "default", or tiny:<name> (random init)
+    model: str = "tiny:small"  # a folder (InternVL -hf or self1e checkpoint), "default", or tiny:<name> (random init)
     self1e: Self1eConfig = field(default_factory=Self1eConfig)  # SELF1E settings (mask head rung, loss weights, ...)
     attn_implementation: str = "sdpa"  # sdpa | eager
     image_size: int | None = None  # train at this tile size: the ViT position embeddings are resampled (None: keep)
@@ -80,7 +81,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
     grad_clip: float = 1.0  # max global gradient norm (0: no clipping)
     bf16: bool = True  # bf16 autocast on CUDA; ignored on CPU (always float32 there)
-    cpu_threads: int | None = None  # torch.set_num_threads on CPU-only runs (None: torch's default); 1 avoids oversubscription
+    cpu_threads: int | None = None  # torch.set_num_threads on CPU-only runs (None: torch's default)
     gradient_checkpointing: bool = False  # recompute LLM / ViT layer activations in the backward pass
     lora: LoraSettings = field(default_factory=LoraSettings)
     # -- bookkeeping
@@ -109,7 +110,8 @@ class TrainConfig:
         if not self.lr > 0:
             raise ValueError(f"config key 'lr' must be > 0, got {self.lr}")
         if self.attn_implementation not in ("sdpa", "eager"):
-            raise ValueError(f"config key 'attn_implementation' must be sdpa or eager, got {self.attn_implementation!r}")
+            raise ValueError("config key 'attn_implementation' must be sdpa or eager, "
+                             f"got {self.attn_implementation!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML-ready data (tuples as lists)."""

@@ -44,7 +44,8 @@ class MetricsLog:
         if not enabled:
             return
         if self.path.is_file():  # drop lines past the checkpoint we resume from (or all, on a fresh run)
-            keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= resume_step]
+            lines = [ln for ln in self.path.read_text().splitlines() if ln.strip()]
+            keep = [ln for ln in lines if json.loads(ln)["step"] <= resume_step]
             self.path.write_text("".join(k + "\n" for k in keep))
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -208,7 +209,7 @@ def mean_losses(acc: Accelerator, sums: dict[str, float], n: int) -> dict[str, f
     return mean
 
 
-def export_final(acc: Accelerator, sharding: "Sharding", model: nn.Module, cfg: TrainConfig, out: Path) -> Path:
+def export_final(acc: Accelerator, sharding: Sharding, model: nn.Module, cfg: TrainConfig, out: Path) -> Path:
     """``OUT/final``: the plain self1e checkpoint (LoRA merged) plus the resolved config, atomically."""
     final, tmp = out / "final", out / ".tmp_final"
     sharding.write_all(None, model)  # under ZeRO-3 / FSDP: gathers the weights (a collective)

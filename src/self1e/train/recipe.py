@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-
 log = logging.getLogger(__name__)
 RECIPE = Path(__file__).with_name("default_recipe.yaml")  # stage 1 of the shipped model, from random init
 # Optimizer steps per minute of the recipe on one core of the development machine (2-core x86 VM),
