@@ -25,22 +25,25 @@ def add_parser(sub) -> None:
     dsub = p.add_subparsers(dest="data_command", required=True)
 
     s = dsub.add_parser("synth", help="write a RefShapes split (JSONL + PNG images and masks)")
-    s.add_argument("--out", required=True, help="output folder; writes OUT/<split>.jsonl")
-    s.add_argument("--split", default="train", choices=SPLITS)
-    s.add_argument("--n", type=int, default=1000, help="number of referring samples")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--size", type=int, default=224, help="canvas size in pixels (64-1024)")
+    s.add_argument("--out", required=True, metavar="DIR", help="output folder; writes DIR/<split>.jsonl")
+    s.add_argument("--split", default="train", choices=SPLITS, help="which RefShapes split (default: %(default)s)")
+    s.add_argument("--n", type=int, default=1000, metavar="N",
+                   help="number of referring samples (default: %(default)s)")
+    s.add_argument("--seed", type=int, default=0, metavar="N", help="generator seed (default: %(default)s)")
+    s.add_argument("--size", type=int, default=224, metavar="PX",
+                   help="canvas size in pixels, 64-1024 (default: %(default)s)")
     s.add_argument("--vqa", action="store_true", help="also write one VQA line per scene")
-    s.add_argument("--per-image", type=int, default=4, help="referring samples per scene image")
+    s.add_argument("--per-image", type=int, default=4, metavar="N",
+                   help="referring samples per scene image (default: %(default)s)")
     s.set_defaults(run=run_synth)
 
     c = dsub.add_parser("convert", help="export a dataset to JSONL (masks written as PNGs)")
-    c.add_argument("--from", dest="source", required=True, choices=CONVERT_SOURCES)
-    c.add_argument("--root", required=True, help="the dataset root folder (layout: docs/data.md)")
-    c.add_argument("--split", required=True, help="e.g. val, testA, test, validation")
-    c.add_argument("--split-by", default=None, help="unc, umd, ... (RefCOCO family only)")
+    c.add_argument("--from", dest="source", required=True, choices=CONVERT_SOURCES, help="the dataset's format")
+    c.add_argument("--root", required=True, metavar="DIR", help="the dataset root folder (layout: docs/data.md)")
+    c.add_argument("--split", required=True, metavar="SPLIT", help="e.g. val, testA, test, validation")
+    c.add_argument("--split-by", default=None, metavar="NAME", help="unc, umd, ... (RefCOCO family only)")
     c.add_argument("--all-texts", action="store_true", help="ReasonSeg: every text, not the first")
-    c.add_argument("--out", required=True, help="the JSONL file to write")
+    c.add_argument("--out", required=True, metavar="FILE.jsonl", help="the JSONL file to write")
     c.set_defaults(run=run_convert)
 
     k = dsub.add_parser("check", help="validate a JSONL file, a folder of them, or a dataset spec")

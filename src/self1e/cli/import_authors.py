@@ -8,7 +8,7 @@ def add_parser(sub) -> None:
         description="Convert the SELF1E authors' checkpoint (InternVLChatModel config.json, safetensors weights, "
                     "tokenizer with [SEG]) into a self1e checkpoint folder that Self1eModel.from_pretrained loads.")
     p.add_argument("src", help="the authors' checkpoint folder")
-    p.add_argument("--out", required=True, help="new (or empty) folder for the self1e checkpoint")
+    p.add_argument("--out", required=True, metavar="DIR", help="new (or empty) folder for the self1e checkpoint")
     p.add_argument("--dtype", choices=("bfloat16", "float32", "float16"), default=None,
                    help="dtype of the written weights (default: as stored, bf16 in the release)")
     p.set_defaults(run=run)
