@@ -11,7 +11,10 @@ Spec grammar (``ROOT`` is the dataset root folder, laid out as docs/data.md desc
     reasonseg:SPLIT[:all]@ROOT                first text per image; ``:all`` = every text
     semseg:SPLIT@ROOT                         ADE20K under ROOT/ade20k, e.g. semseg:validation@/data
     vqa:LLAVA_JSON@IMAGE_ROOT                 LLaVA-Instruct conversations as VQA samples
-    refshapes:SPLIT:N[:SEED[:SIZE]]           RefShapes generated in memory (no files)
+    refshapes:SPLIT:N[:SEED[:SIZE[:styled]]]  RefShapes referring expressions generated in memory (no
+                                              files); ``styled``: drawn in varied looks and geometry
+    refshapes-vqa:SPLIT:N[:SEED[:SIZE[:styled]]]    RefShapes VQA (colour, count, existence)
+    refshapes-multi:SPLIT:N[:SEED[:SIZE[:styled]]]  RefShapes multi-object requests (one [SEG] each)
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ from self1e.data.refer import DATASETS as REFER_DATASETS
 from self1e.data.refer import load_refer
 from self1e.data.sample import Sample
 
-NAMES = (*REFER_DATASETS, "reasonseg", "semseg", "vqa", "refshapes")
+REFSHAPES = {"refshapes": "refer", "refshapes-vqa": "vqa", "refshapes-multi": "multi"}
+NAMES = (*REFER_DATASETS, "reasonseg", "semseg", "vqa", *REFSHAPES)
 GRAMMAR = __doc__.split("::", 1)[1].rstrip()
 
 
@@ -62,15 +66,16 @@ def _load(spec: str) -> list[Sample]:
             raise _bad(spec, f"unknown dataset name {name!r}; known: {', '.join(NAMES)}")
         raise DataError(f"dataset not found: {spec!r} is neither a JSONL file nor a spec like "
                         f"'refcoco:unc:val@ROOT'.\nSpec grammar:{GRAMMAR}")
-    if name == "refshapes":
-        from self1e.data.refshapes import iter_samples
+    if name in REFSHAPES:
+        from self1e.data.refshapes import refshapes_samples
         parts = rest.split(":")
-        if not 2 <= len(parts) <= 4:
-            raise _bad(spec, "expected refshapes:SPLIT:N[:SEED[:SIZE]]")
+        styled = len(parts) == 5 and parts[4] == "styled"
+        if not 2 <= len(parts) <= 4 + styled:
+            raise _bad(spec, f"expected {name}:SPLIT:N[:SEED[:SIZE[:styled]]]")
         split, n = parts[0], _int(spec, parts[1], "N")
         seed = _int(spec, parts[2], "SEED") if len(parts) > 2 else 0
         size = _int(spec, parts[3], "SIZE") if len(parts) > 3 else 224
-        return list(iter_samples(split, seed, n, size))
+        return list(refshapes_samples(REFSHAPES[name], split, seed, n, size, styled=styled))
     body, at, root = rest.partition("@")
     if not at or not root:
         raise _bad(spec, f"missing '@ROOT' (the folder that holds the {name} data)")

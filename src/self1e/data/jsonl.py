@@ -70,18 +70,30 @@ def parse_record(obj: Any, base: Path, path: Path, lineno: int, index: int) -> S
         raise DataError(f"{_where(path, lineno, 'text')}: empty text")
     mask = _file(obj.get("mask"), base, path, lineno, "mask", required=False)
     ignore = _file(obj.get("ignore"), base, path, lineno, "ignore", required=False)
+    phrases = obj.get("phrases")
+    if phrases is not None:
+        if text is None or not isinstance(phrases, list) or len(phrases) < 1 or \
+                not all(isinstance(p, str) and p.strip() for p in phrases):
+            raise DataError(f"{_where(path, lineno, 'phrases')}: expected a list of non-empty strings on a line "
+                            "with 'text' (a multi-object request)")
+        phrases = tuple(p.strip() for p in phrases)
     instances = obj.get("instances")
-    inst_paths: tuple[Path, ...] | None = None
+    inst_paths: tuple[Path | None, ...] | None = None
     if instances is not None:
         if not isinstance(instances, list):
             raise DataError(f"{_where(path, lineno, 'instances')}: expected a list of paths")
-        inst_paths = tuple(_file(v, base, path, lineno, "instances", required=True) for v in instances)
+        # with phrases, null marks an absent object; otherwise every instance is a file
+        inst_paths = tuple(_file(v, base, path, lineno, "instances", required=phrases is None) for v in instances)
+    if phrases is not None and (inst_paths is None or len(inst_paths) != len(phrases)):
+        raise DataError(f"{_where(path, lineno, 'instances')}: a line with {len(phrases)} phrases needs "
+                        f"{len(phrases)} 'instances' entries (a mask path, or null for an absent object)")
     sid = obj.get("id", index)
     if isinstance(sid, bool) or not isinstance(sid, (str, int)) or str(sid) == "":
         raise DataError(f"{_where(path, lineno, 'id')}: expected a non-empty string, got {sid!r}")
     kind = _optional_str(obj, "kind", path, lineno)
     return Sample(id=str(sid), image=image, text=text, mask=mask, ignore=ignore, kind=kind,
-                  question=question, answer=answer, where=f"{path}:{lineno}", instances=inst_paths)
+                  question=question, answer=answer, where=f"{path}:{lineno}", instances=inst_paths,
+                  phrases=phrases)
 
 
 def read_jsonl(path: str | Path, skip_bad: bool = False,
@@ -144,8 +156,8 @@ def validate(samples: Iterable[Sample]) -> list[str]:
             s.load_ignore(size)
             if s.instances:
                 union = np.zeros_like(mask)
-                for src in s.instances:
-                    union |= s._load(src, size, "instances")
+                for k in range(len(s.instances)):
+                    union |= s.load_instance(k, size)
                 if not np.array_equal(union, mask):
                     problems.append(f"{s.where or s.id}: the union of 'instances' differs from 'mask'")
         except DataError as e:
@@ -177,8 +189,10 @@ def sample_to_record(sample: Sample, base: Path) -> dict[str, Any]:
         rec.update(text=sample.text, mask=_relative(sample.mask, base))
         if sample.ignore is not None:
             rec["ignore"] = _relative(sample.ignore, base)
+        if sample.phrases is not None:
+            rec["phrases"] = list(sample.phrases)
         if sample.instances:
-            rec["instances"] = [_relative(p, base) for p in sample.instances]
+            rec["instances"] = [None if p is None else _relative(p, base) for p in sample.instances]
     if sample.kind is not None:
         rec["kind"] = sample.kind
     return rec
@@ -198,7 +212,7 @@ def write_jsonl(path: str | Path, records: Iterable[Mapping[str, Any] | Sample])
             if isinstance(rec, Sample):
                 obj = sample_to_record(rec, base)
             else:
-                obj = {k: ([_relative(v, base) for v in val] if k == "instances" and val else
+                obj = {k: ([None if v is None else _relative(v, base) for v in val] if k == "instances" and val else
                            _relative(val, base) if k in _PATH_FIELDS else val)
                        for k, val in rec.items()}
             f.write(json.dumps(obj, ensure_ascii=False) + "\n")

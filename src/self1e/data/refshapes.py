@@ -91,9 +91,35 @@ class Scene:
         return out
 
 
-def _rasterise(shape: str, cx: float, cy: float, r: float, size: int
+def _jitter_outline(shape: str, rng: np.random.Generator) -> np.ndarray | None:
+    """Another drawing of ``shape``'s outline (styled scenes): other proportions and a small rotation
+    that keep the shape's name true (a square stays axis-aligned enough not to read as a diamond)."""
+    if shape == "circle":
+        return None
+    if shape == "star":
+        ang = -math.pi / 2 + np.arange(10) * math.pi / 5
+        rad = np.where(np.arange(10) % 2 == 0, 1.0, float(rng.uniform(0.35, 0.55)))
+        pts = np.stack([rad * np.cos(ang), rad * np.sin(ang)], 1)
+    elif shape == "cross":
+        w = float(rng.uniform(0.22, 0.4))
+        pts = np.array([(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w),
+                        (-1, -w), (-w, -w)])
+    elif shape == "square":
+        pts = _OUTLINES["square"] * float(rng.uniform(0.85, 1.1))
+    elif shape == "diamond":
+        w = float(rng.uniform(0.6, 0.85))
+        pts = np.array([(0.0, -1.0), (w, 0.0), (0.0, 1.0), (-w, 0.0)])
+    else:
+        pts = _OUTLINES[shape]
+    a = math.radians(float(rng.uniform(-8, 8)))
+    rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    return pts @ rot.T
+
+
+def _rasterise(shape: str, cx: float, cy: float, r: float, size: int, outline: np.ndarray | None = None
                ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """Draw one object in a small crop: returns (crop uint8: 1 fill, 2 outline; (y0, y1, x0, x1))."""
+    """Draw one object in a small crop: returns (crop uint8: 1 fill, 2 outline; (y0, y1, x0, x1)).
+    ``outline``: unit polygon to draw instead of the shape's standard one."""
     x0, y0 = max(int(cx - r) - 1, 0), max(int(cy - r) - 1, 0)
     x1, y1 = min(int(math.ceil(cx + r)) + 2, size), min(int(math.ceil(cy + r)) + 2, size)
     crop = Image.new("L", (x1 - x0, y1 - y0), 0)
@@ -102,15 +128,18 @@ def _rasterise(shape: str, cx: float, cy: float, r: float, size: int
     if shape == "circle":
         draw.ellipse((lx - r, ly - r, lx + r, ly + r), fill=1, outline=2)
     else:
-        pts = _OUTLINES[shape] * r + (lx, ly)
+        pts = (_OUTLINES[shape] if outline is None else outline) * r + (lx, ly)
         draw.polygon([tuple(p) for p in pts.tolist()], fill=1, outline=2)
     return np.asarray(crop), (y0, y1, x0, x1)
 
 
 def make_scene(rng: np.random.Generator, size: int = 224,
                pairs: tuple[tuple[str, str], ...] = TRAIN_PAIRS,
-               n_objects: int | None = None) -> Scene:
+               n_objects: int | None = None, geometry: np.random.Generator | None = None) -> Scene:
     """Sample a scene of 1-6 objects whose colour-shape pairs come from ``pairs``.
+
+    With ``geometry`` (styled scenes), every object's outline is drawn with other proportions and
+    a small rotation from that generator (``rng``'s draws are unchanged by it).
 
     Each scene draws from a few colours and shapes so that repeats (needed for "the two circles",
     "the larger star", ...) are common. Objects are re-placed (up to 20 tries, then dropped) until
@@ -131,9 +160,10 @@ def make_scene(rng: np.random.Generator, size: int = 224,
         colour, shape = pool[int(rng.integers(len(pool)))]
         sz = "small" if rng.random() < 0.5 else "large"
         r = float(rng.uniform(*RADIUS[sz])) * size
+        outline = None if geometry is None else _jitter_outline(shape, geometry)
         for _try in range(20):
             cx, cy = rng.uniform(r + 1, size - r - 1, 2).tolist()
-            crop, (y0, y1, x0, x1) = _rasterise(shape, cx, cy, r, size)
+            crop, (y0, y1, x0, x1) = _rasterise(shape, cx, cy, r, size, outline)
             on = crop > 0
             hidden = np.bincount(ids[y0:y1, x0:x1][on] >> 1, minlength=len(placed) + 1)[1:]
             if all(v - h >= MIN_VISIBLE * a for v, h, a in zip(visible, hidden, area)):
@@ -186,10 +216,79 @@ def _paint(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
     return index, np.clip(lut, 0, 255).astype(np.uint8)
 
 
-def render(scene: Scene) -> Image.Image:
-    """The RGB image of a scene."""
+def render(scene: Scene, style: np.random.Generator | None = None) -> Image.Image:
+    """The RGB image of a scene; with ``style``, drawn in a look chosen by that generator."""
+    if style is not None:
+        return render_styled(scene, style)
     index, palette = _paint(scene)
     return Image.fromarray(palette[index], "RGB")
+
+
+def _background(size: int, base: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A light background of a random kind: flat, linear gradient, two-tone, checker, stripes,
+    smooth noise or grain. (H, W, 3) float32."""
+    kind = int(rng.integers(7))
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    if kind == 0:
+        field = np.zeros((size, size), np.float32)
+    elif kind == 1:
+        a = rng.uniform(0, 2 * math.pi)
+        field = (xx * math.cos(a) + yy * math.sin(a)) * rng.uniform(20, 50)
+    elif kind == 2:
+        field = np.where(xx * rng.uniform(-1, 1) + yy * rng.uniform(-1, 1) > rng.uniform(-0.5, 0.5), 1.0, -1.0)
+        field = field.astype(np.float32) * rng.uniform(6, 18)
+    elif kind == 3:
+        cell = rng.uniform(0.04, 0.15)
+        field = (((xx // cell) + (yy // cell)) % 2 * 2 - 1).astype(np.float32) * rng.uniform(4, 12)
+    elif kind == 4:
+        a, period = rng.uniform(0, math.pi), rng.uniform(0.03, 0.12)
+        phase = (xx * math.cos(a) + yy * math.sin(a)) * 2 * math.pi / period
+        field = np.sin(phase).astype(np.float32) * rng.uniform(4, 12)
+    elif kind == 5:
+        coarse = rng.normal(0, 1, (6, 6)).astype(np.float32)
+        field = np.asarray(Image.fromarray(coarse, "F").resize((size, size), Image.BICUBIC)) * rng.uniform(6, 16)
+    else:
+        field = rng.normal(0, rng.uniform(3, 9), (size, size)).astype(np.float32)
+    return base[None, None, :] + field[..., None]
+
+
+def render_styled(scene: Scene, rng: np.random.Generator) -> Image.Image:
+    """The scene in another look, so that a model trained on it does not depend on the exact
+    drawing: background kind, shading across each object, outline kept / removed / of another
+    shade, anti-aliased (smoothed) edges, grain, and JPEG-like blur. Masks are unchanged (the same
+    id map); object colours stay well inside their colour names."""
+    size, labels, ids = scene.size, scene.ids >> 1, scene.ids
+    base = np.asarray(scene.background, np.float32) + rng.uniform(-15, 15)
+    img = _background(size, base, rng)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    outline_kind = int(rng.integers(3))  # 0 dark outline, 1 none, 2 lighter outline
+    for i, (fill, o) in enumerate(zip(scene.fills, scene.objects)):
+        region = labels == i + 1
+        if not region.any():
+            continue
+        colour = np.asarray(fill, np.float32)
+        if rng.random() < 0.6:  # shading: a linear light ramp across the object
+            a, amp = rng.uniform(0, 2 * math.pi), rng.uniform(0.05, 0.18)
+            t = ((xx - o.x * size) * math.cos(a) + (yy - o.y * size) * math.sin(a)) / max(o.r * size, 1.0)
+            shade = 1 + amp * np.clip(t, -1, 1)
+        else:
+            shade = np.ones_like(xx)
+        img[region] = colour[None, :] * shade[region][:, None]
+        edge = region & (ids & 1).astype(bool)
+        if outline_kind == 0:
+            img[edge] = colour * 0.55
+        elif outline_kind == 2:
+            img[edge] = colour * 0.8
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    out = Image.fromarray(img, "RGB")
+    if rng.random() < 0.6:  # anti-aliased look
+        from PIL import ImageFilter
+
+        out = out.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.4, 1.0))))
+    if rng.random() < 0.4:  # grain
+        arr = np.asarray(out, np.float32) + rng.normal(0, rng.uniform(2, 6), (size, size, 3))
+        out = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+    return out
 
 
 def render_palette(scene: Scene) -> Image.Image:
@@ -216,25 +315,38 @@ def _pairs_for(split: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(HELD_OUT_PAIRS)) if split == "test-compositional" else TRAIN_PAIRS
 
 
+def _stream(seed: int, split: str, index: int, *extra: int) -> np.random.Generator:
+    """The random stream of one scene (``extra`` picks an independent sub-stream: 1 geometry,
+    2 style, 3 VQA, 4 multi-object requests)."""
+    return np.random.default_rng([seed, SPLITS.index(split), index, *extra])
+
+
+def _scene(rng: np.random.Generator, split: str, seed: int, index: int, size: int, styled: bool) -> Scene:
+    geometry = _stream(seed, split, index, 1) if styled else None
+    return make_scene(rng, size, _pairs_for(split), geometry=geometry)
+
+
 def iter_scenes(split: str, seed: int, n: int, size: int = 224, per_image: int = 4,
-                vqa: bool = False) -> Iterator[SceneSamples]:
+                vqa: bool = False, styled: bool = False) -> Iterator[SceneSamples]:
     """Scenes with, in all, exactly ``n`` referring phrases (``per_image`` at most per scene).
 
     Kinds are drawn with KIND_WEIGHTS; a kind the scene cannot express is carried over to the next
     scenes so that the mix stays close to the weights. With ``vqa`` each scene adds one VQA item.
+    ``styled`` scenes draw their outlines with other geometry (see :func:`render_styled` for the look).
     """
     pairs = _pairs_for(split)
     if seed < 0 or n < 0 or per_image < 1:
         raise ValueError(f"need seed >= 0, n >= 0 and per_image >= 1 (got {seed}, {n}, {per_image})")
     allowed = set(pairs)
+
     def pair_ok(colour: str, shape: str) -> bool:
         return (colour, shape) in allowed
     kinds, weights = list(KIND_WEIGHTS), np.array(list(KIND_WEIGHTS.values()))
     carry: list[str] = []
     done, index = 0, 0
     while done < n:
-        rng = np.random.default_rng([seed, SPLITS.index(split), index])
-        scene = make_scene(rng, size, pairs)
+        rng = _stream(seed, split, index)
+        scene = _scene(rng, split, seed, index, size, styled)
         want = min(per_image, n - done)
         todo = carry[:want] + [kinds[int(i)] for i in rng.choice(len(kinds), want, p=weights)]
         carry = carry[want:]
@@ -257,9 +369,9 @@ def iter_scenes(split: str, seed: int, n: int, size: int = 224, per_image: int =
 
 
 @lru_cache(maxsize=64)
-def scene_at(split: str, seed: int, index: int, size: int) -> Scene:
+def scene_at(split: str, seed: int, index: int, size: int, styled: bool = False) -> Scene:
     """Scene number ``index`` of a split, regenerated from its seed (as ``iter_scenes`` makes it)."""
-    return make_scene(np.random.default_rng([seed, SPLITS.index(split), index]), size, _pairs_for(split))
+    return _scene(_stream(seed, split, index), split, seed, index, size, styled)
 
 
 @dataclass(frozen=True)
@@ -271,12 +383,14 @@ class LazyImage:
     seed: int
     index: int
     size: int
+    styled: bool = False
 
     def scene(self) -> Scene:
-        return scene_at(self.split, self.seed, self.index, self.size)
+        return scene_at(self.split, self.seed, self.index, self.size, self.styled)
 
     def __call__(self) -> Image.Image:
-        return render(self.scene())
+        style = _stream(self.seed, self.split, self.index, 2) if self.styled else None
+        return render(self.scene(), style)
 
 
 @dataclass(frozen=True)
@@ -291,11 +405,11 @@ class LazyMask:
 
 
 def iter_samples(split: str, seed: int, n: int, size: int = 224, per_image: int = 4,
-                 vqa: bool = False) -> Iterator[Sample]:
+                 vqa: bool = False, styled: bool = False) -> Iterator[Sample]:
     """In-memory Samples (image and masks drawn on demand), for tests, the demo and training."""
     k = 0
-    for item in iter_scenes(split, seed, n, size, per_image, vqa):
-        image = LazyImage(split, seed, item.index, size)
+    for item in iter_scenes(split, seed, n, size, per_image, vqa, styled):
+        image = LazyImage(split, seed, item.index, size, styled)
         for ph in item.phrases:
             multi = ph.expr.kind == "multi"
             yield Sample(
@@ -310,45 +424,135 @@ def iter_samples(split: str, seed: int, n: int, size: int = 224, per_image: int 
             k += 1
 
 
-def generate(out_dir: str | Path, split: str, n: int, seed: int, size: int = 224,
-             vqa: bool = False, progress: bool = True, per_image: int = 4) -> Path:
-    """Write ``out_dir/<split>.jsonl`` with ``n`` referring samples (+ VQA lines with ``vqa``).
+def iter_vqa_samples(split: str, seed: int, n: int, size: int = 224, per_image: int = 3,
+                     styled: bool = False) -> Iterator[Sample]:
+    """``n`` RefShapes VQA samples (colour of a unique shape, counts, existence), up to ``per_image``
+    distinct questions per scene, from a random stream of their own."""
+    allowed = set(_pairs_for(split))
+    k, index = 0, 0
+    while k < n:
+        image = LazyImage(split, seed, index, size, styled)
+        objs = list(image.scene().objects)
+        rng, asked = _stream(seed, split, index, 3), set()
+        for _ in range(per_image):
+            item = propose_vqa(objs, rng, lambda c, s: (c, s) in allowed)
+            if item is None or item[0] in asked or k >= n:
+                continue
+            asked.add(item[0])
+            yield Sample(id=f"{k:06d}", image=image, question=item[0], answer=item[1], kind="vqa",
+                         where=f"refshapes-vqa:{split}:{seed}:{k}")
+            k += 1
+        index += 1
 
-    Returns the path of the JSONL file. Each line has ``id``, ``image``, ``text``, ``mask`` (null for
-    no target), ``kind`` and, for multi-target lines, ``instances``; VQA lines have ``question``,
-    ``answer`` and ``kind`` "vqa" and follow the referring lines of their scene.
+
+MULTI_KINDS = ("attribute", "size", "position", "relation", "none")
+MULTI_KIND_WEIGHTS = (0.25, 0.2, 0.2, 0.2, 0.15)
+
+
+def iter_multi_samples(split: str, seed: int, n: int, size: int = 224, styled: bool = False) -> Iterator[Sample]:
+    """``n`` multi-object requests, one per scene: two or three single-object phrases (present
+    objects, and now and then an absent one), each with its own mask (``phrases`` / ``instances``;
+    an absent object's mask is None). The request text joins the phrases: "a and b", "a, b and c"."""
+    allowed = set(_pairs_for(split))
+    k, index = 0, 0
+    while k < n:
+        image = LazyImage(split, seed, index, size, styled)
+        objs = list(image.scene().objects)
+        index += 1
+        rng = _stream(seed, split, index - 1, 4)
+        want = 2 if rng.random() < 0.6 else 3
+        phrases: list[Phrase] = []
+        for kind in rng.choice(MULTI_KINDS, 3 * want, p=MULTI_KIND_WEIGHTS):
+            if len(phrases) == want:
+                break
+            ph = propose(objs, str(kind), rng, lambda c, s: (c, s) in allowed)
+            if ph is None or any(ph.text == p.text or (ph.target and ph.target == p.target) for p in phrases):
+                continue
+            if not ph.target and sum(not p.target for p in phrases) >= want - 1:
+                continue  # at least one present object per request
+            phrases.append(ph)
+        if len(phrases) < 2:
+            continue
+        texts = [p.text for p in phrases]
+        union = frozenset().union(*(p.target for p in phrases))
+        yield Sample(id=f"{k:06d}", image=image, text=join_phrases(texts), kind="multi-object",
+                     mask=LazyMask(image, union) if union else None, phrases=tuple(texts),
+                     instances=tuple(LazyMask(image, p.target) if p.target else None for p in phrases),
+                     where=f"refshapes-multi:{split}:{seed}:{k}")
+        k += 1
+
+
+def join_phrases(texts: list[str]) -> str:
+    """"a", "a and b", "a, b and c"."""
+    return texts[0] if len(texts) == 1 else ", ".join(texts[:-1]) + " and " + texts[-1]
+
+
+def refshapes_samples(kind: str, split: str, seed: int, n: int, size: int = 224, styled: bool = False,
+                      per_image: int = 4, vqa: bool = False) -> Iterator[Sample]:
+    """The samples of one RefShapes dataset kind: ``refer`` (referring expressions, with ``vqa``
+    also one VQA line per scene), ``vqa`` (VQA only) or ``multi`` (multi-object requests)."""
+    if kind == "refer":
+        return iter_samples(split, seed, n, size, per_image, vqa, styled)
+    if kind == "vqa":
+        return iter_vqa_samples(split, seed, n, size, styled=styled)
+    if kind == "multi":
+        return iter_multi_samples(split, seed, n, size, styled)
+    raise ValueError(f"unknown RefShapes kind {kind!r}; expected refer, vqa or multi")
+
+
+def generate(out_dir: str | Path, split: str, n: int, seed: int, size: int = 224,
+             vqa: bool = False, progress: bool = True, per_image: int = 4, kind: str = "refer",
+             styled: bool = False) -> Path:
+    """Write ``out_dir/<name>.jsonl`` with ``n`` samples of ``kind`` (see :func:`refshapes_samples`),
+    their images under ``out_dir/<name>/images/<scene>.png`` and masks under
+    ``out_dir/<name>/masks/<scene>_<object ids>.png``; ``name`` is the split (``<split>-vqa``,
+    ``<split>-multi`` for the other kinds, ``-styled`` appended for styled scenes).
+
+    Returns the path of the JSONL file. Referring lines have ``id``, ``image``, ``text``, ``mask``
+    (null for no target), ``kind`` and, for multi-target lines, ``instances``; VQA lines have
+    ``question``, ``answer`` and ``kind`` "vqa"; multi-object lines add ``phrases`` and one
+    ``instances`` entry per phrase (null for an absent object).
     """
-    out = Path(out_dir)
+    from self1e.data.jsonl import sample_to_record
+
     _pairs_for(split)
-    (out / split / "images").mkdir(parents=True, exist_ok=True)
-    (out / split / "masks").mkdir(parents=True, exist_ok=True)
-    path = out / f"{split}.jsonl"
+    name = split + ("" if kind == "refer" else f"-{kind}") + ("-styled" if styled else "")
+    out = Path(out_dir)
+    (out / name / "images").mkdir(parents=True, exist_ok=True)
+    (out / name / "masks").mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.jsonl"
+    images: set[int] = set()
+    masks: set[str] = set()
+
+    def image_file(image: LazyImage) -> Path:
+        rel = out / name / "images" / f"{image.index:06d}.png"
+        if image.index not in images:
+            if styled:
+                image().save(rel, **PNG_OPTIONS)
+            else:
+                render_palette(image.scene()).save(rel, **PNG_OPTIONS)
+            images.add(image.index)
+        return rel
+
+    def mask_file(m: LazyMask | None) -> Path | None:
+        if m is None:
+            return None
+        rel = out / name / "masks" / f"{m.image.index:06d}_{'-'.join(map(str, sorted(m.target)))}.png"
+        if str(rel) not in masks:
+            write_mask_png(m(), rel)
+            masks.add(str(rel))
+        return rel
+
     k = 0
     with path.open("w", encoding="utf-8", newline="\n") as f, \
-            tqdm(total=n, desc=f"RefShapes {split}", unit="sample", disable=not progress) as bar:
-        for item in iter_scenes(split, seed, n, size, per_image, vqa):
-            image_rel = f"{split}/images/{item.index:06d}.png"
-            render_palette(item.scene).save(out / image_rel, **PNG_OPTIONS)
-            saved: set[str] = set()
-
-            def mask_file(target: frozenset[int], item=item, saved=saved) -> str:
-                rel = f"{split}/masks/{item.index:06d}_{'-'.join(map(str, sorted(target)))}.png"
-                if rel not in saved:
-                    write_mask_png(item.scene.mask(target), out / rel)
-                    saved.add(rel)
-                return rel
-
-            for ph in item.phrases:
-                rec = {"id": f"{k:06d}", "image": image_rel, "text": ph.text,
-                       "mask": mask_file(ph.target) if ph.target else None, "kind": ph.expr.kind}
-                if ph.expr.kind == "multi":
-                    rec["instances"] = [mask_file(frozenset({i})) for i in sorted(ph.target)]
-                f.write(json.dumps(rec) + "\n")
-                k += 1
-            for q, a, _ in item.vqa:
-                f.write(json.dumps({"id": f"{k:06d}", "image": image_rel, "question": q,
-                                    "answer": a, "kind": "vqa"}) + "\n")
-                k += 1
-            bar.update(len(item.phrases))
-    log.info("RefShapes %s: wrote %d lines to %s", split, k, path)
+            tqdm(total=n, desc=f"RefShapes {name}", unit="sample", disable=not progress) as bar:
+        for sample in refshapes_samples(kind, split, seed, n, size, styled, per_image, vqa):
+            on_disk = Sample(id=sample.id, image=image_file(sample.image), text=sample.text,
+                             mask=mask_file(sample.mask), kind=sample.kind, question=sample.question,
+                             answer=sample.answer, phrases=sample.phrases,
+                             instances=None if sample.instances is None else tuple(map(mask_file, sample.instances)))
+            f.write(json.dumps(sample_to_record(on_disk, out)) + "\n")
+            k += 1
+            bar.update(0 if sample.is_vqa and kind == "refer" else 1)
+    log.info("RefShapes %s: wrote %d lines to %s", name, k, path)
     return path

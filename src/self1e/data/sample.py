@@ -37,6 +37,9 @@ class Sample:
     ``mask`` None means "no target" (the ground truth is an empty mask).
     ``where`` names the origin for error messages, e.g. ``"data/val.jsonl:12"``.
     ``instances`` (optional) holds one mask per target object of a multi-target expression.
+    A multi-object request ("the red circle and the blue star") also has ``phrases``: one phrase
+    per object, answered with one ``[SEG]`` each, and ``instances`` then holds one mask per phrase
+    (None for an object that is absent); ``mask`` is their union.
     """
 
     id: str
@@ -48,8 +51,19 @@ class Sample:
     question: str | None = None
     answer: str | None = None
     where: str = ""
-    # Optional per-instance masks whose union is ``mask`` (multi-target expressions).
-    instances: tuple[MaskSource, ...] | None = None
+    # Optional per-instance masks whose union is ``mask`` (multi-target expressions), or, with
+    # ``phrases``, one mask (None: absent) per object of a multi-object request.
+    instances: tuple[MaskSource | None, ...] | None = None
+    phrases: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.phrases is not None and (self.instances is None or len(self.instances) != len(self.phrases)):
+            raise DataError(f"{self.where or self.id}: a multi-object sample needs one 'instances' entry "
+                            f"per phrase ({len(self.phrases)} phrases)")
+
+    @property
+    def is_multi_object(self) -> bool:
+        return self.phrases is not None
 
     @property
     def is_vqa(self) -> bool:
@@ -73,6 +87,12 @@ class Sample:
         if self.mask is None:
             return np.zeros((size[1], size[0]), dtype=bool)
         return self._load(self.mask, size, "mask")
+
+    def load_instance(self, k: int, size: tuple[int, int]) -> np.ndarray:
+        """Mask ``k`` of ``instances`` as bool (H, W); an absent object's (None) is empty."""
+        assert self.instances is not None
+        src = self.instances[k]
+        return np.zeros((size[1], size[0]), dtype=bool) if src is None else self._load(src, size, "instances")
 
     def load_ignore(self, size: tuple[int, int]) -> np.ndarray | None:
         """Ignore region as bool (H, W), or None."""

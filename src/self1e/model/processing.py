@@ -7,7 +7,7 @@ was trained on. Prompts follow InternVL's chat format (``<|im_start|>`` turns; t
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +33,16 @@ SENTENCE_QUESTION = "{x} Please output segmentation mask."
 SEG_ANSWERS = ("It is [SEG].", "Sure, [SEG].", "Sure, it is [SEG].", "Sure, the segmentation result is [SEG].",
                "[SEG].")
 INFERENCE_ANSWER = "[SEG]."
+# A multi-object request is answered with one "<phrase> is [SEG]" per object, joined as in English.
+MULTI_ANSWER_PREFIXES = ("", "Sure, ", "Sure: ")
+SEG_TOKEN = "[SEG]"
+
+
+def multi_answer(phrases: Sequence[str], prefix: str = "") -> str:
+    """The answer to a multi-object request: "the red circle is [SEG] and the blue star is [SEG]."."""
+    parts = [f"{p.strip()} is {SEG_TOKEN}" for p in phrases]
+    body = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return prefix + body + "."
 
 
 def tile_grid(width: int, height: int, max_tiles: int, tile_size: int) -> tuple[int, int]:
@@ -159,19 +169,75 @@ class Self1eProcessor:
         return SEG_ANSWERS[rng.randrange(len(SEG_ANSWERS))] if rng else INFERENCE_ANSWER
 
     def _encode(self, text: str) -> list[int]:
+        """Our own template text: special tokens in it are special tokens."""
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def conversation(self, question: str, answer: str | None, n_tiles: int,
-                     close: bool = True) -> tuple[list[int], list[int]]:
+    def encode_text(self, text: str) -> list[int]:
+        """Text from a user or a dataset: a special token written in it ("[SEG]", "<|im_end|>",
+        "<IMG_CONTEXT>", ...) stays plain text and never becomes that token."""
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+    def encode_answer(self, text: str) -> list[int]:
+        """An assistant answer with ``[SEG]`` as the segmentation token (our templates and the model's
+        own answers); every other special token in it stays plain text."""
+        pieces = text.split(self.seg_token)
+        ids = self.encode_text(pieces[0]) if pieces[0] else []
+        for piece in pieces[1:]:
+            ids += [self.seg_token_id] + (self.encode_text(piece) if piece else [])
+        return ids
+
+    @property
+    def seg_token_id(self) -> int:
+        return self.tokenizer.convert_tokens_to_ids(self.seg_token)
+
+    def prompt(self, question: str, n_tiles: int, history: Sequence[Mapping[str, str]] = ()) -> list[int]:
+        """Token ids of a conversation up to the assistant's turn: the image sits in the first user
+        turn; ``history`` holds earlier turns as ``{"role": "user" | "assistant", "content": str}``."""
+        turns = [*history, {"role": "user", "content": question}]
+        ids: list[int] = []
+        for k, turn in enumerate(turns):
+            role, content = turn["role"], turn["content"]
+            if role not in ("user", "assistant"):
+                raise ValueError(f"history turn {k}: role must be 'user' or 'assistant', got {role!r}")
+            ids += self._encode(f"{IM_START}{role}\n")
+            if k == 0:
+                if role != "user":
+                    raise ValueError("the conversation must start with a user turn")
+                ids += ([self.img_start_id] + [self.img_context_id] * (n_tiles * self.tokens_per_tile)
+                        + [self.img_end_id] + self._encode("\n"))
+            ids += (self.encode_text(content) if role == "user" else self.encode_answer(content))
+            ids += self._encode(f"{IM_END}\n")
+        return ids + self._encode(f"{IM_START}assistant\n")
+
+    def conversation(self, question: str, answer: str | None, n_tiles: int, close: bool = True,
+                     answer_is_text: bool = False) -> tuple[list[int], list[int]]:
         """Token ids and labels for one user turn with the image and an optional assistant answer.
-        Labels cover only the answer (and its end-of-turn when ``close``)."""
-        prompt = (self._encode(f"{IM_START}user\n") + [self.img_start_id]
-                  + [self.img_context_id] * (n_tiles * self.tokens_per_tile) + [self.img_end_id]
-                  + self._encode(f"\n{question}{IM_END}\n{IM_START}assistant\n"))
+        Labels cover only the answer (and its end-of-turn when ``close``). ``answer_is_text``: the
+        answer comes from a dataset (a VQA answer), so even ``[SEG]`` in it stays plain text."""
+        prompt = self.prompt(question, n_tiles)
         if answer is None:
             return prompt, [IGNORE_INDEX] * len(prompt)
-        ans = self._encode(answer + (f"{IM_END}\n" if close else ""))
+        ans = self.encode_text(answer) if answer_is_text else self.encode_answer(answer)
+        ans += self._encode(f"{IM_END}\n") if close else []
         return prompt + ans, [IGNORE_INDEX] * len(prompt) + ans
+
+    def rows_per_seg(self, ids: list[int], labels: list[int], start: int = 0) -> list[tuple[list[int], list[int]]]:
+        """One row per ``[SEG]`` at or after ``start``: row k is cut right after the k-th ``[SEG]``
+        (the last row keeps the whole sequence) and labels only the tokens since the previous
+        ``[SEG]``, so the rows together label every answer token once. Under the segmentation
+        attention rule (image tokens see the row's *last* ``[SEG]``) mask k then depends only on the
+        tokens up to the k-th ``[SEG]``. Without a ``[SEG]``: the row as it is."""
+        seg = self.seg_token_id
+        cuts = [i for i in range(start, len(ids)) if ids[i] == seg]
+        if not cuts:
+            return [(ids, labels)]
+        rows, begin = [], 0
+        for k, pos in enumerate(cuts):
+            end = len(ids) if k == len(cuts) - 1 else pos + 1
+            lab = [IGNORE_INDEX] * begin + labels[begin:end]
+            rows.append((ids[:end], lab))
+            begin = pos + 1
+        return rows
 
     def collate(self, rows: Sequence[tuple[list[int], list[int]]], images: Sequence[ImageInput],
                 image_index: Sequence[int], mask_targets: Sequence[torch.Tensor | None] | None = None) -> Batch:

@@ -19,7 +19,7 @@ from torch import nn
 from transformers import InternVLForConditionalGeneration
 
 from self1e.model import weights
-from self1e.model.attention import position_ids_from_mask, seg_attention_mask
+from self1e.model.attention import last_index, position_ids_from_mask, seg_attention_mask
 from self1e.model.config import Self1eConfig
 from self1e.model.head import MaskHead
 from self1e.model.losses import mask_loss
@@ -236,7 +236,13 @@ class Self1eModel(nn.Module):
         """One teacher-forced pass. Losses are computed when ``batch.labels`` has answer tokens
         (LM loss) and ``batch.mask_targets`` has targets (mask loss). ``image_features`` (from
         :meth:`encode_images`) replace ``batch.pixel_values``, so one image encoding serves many
-        passes; ``batch.image_index`` then indexes its images."""
+        passes; ``batch.image_index`` then indexes its images.
+
+        LM logits (``return_lm_logits``) and the LM loss come from the same pass, with or without
+        labels: under the bidirectional mask with ``causal_lm_loss`` (the default) a second, plain
+        causal pass, so they never see an answer token through the image tokens (and match what
+        generation sees); otherwise the segmentation pass. Each row containing ``[SEG]`` gives one
+        mask, for its last ``[SEG]``, read from the state before it."""
         with_aux = self.training if with_aux is None else with_aux
         feats = image_features if image_features is not None else self.encode_images(batch.pixel_values, batch.grids)
         embeds = self.embed(batch.input_ids, feats, batch.image_index)
@@ -247,7 +253,7 @@ class Self1eModel(nn.Module):
         lm_logits = lm_loss = None
         if return_lm_logits or has_labels:
             # A causal pass for the LM loss, so predicting [SEG] cannot peek at [SEG] through the image.
-            causal_needed = bidirectional and self.config.causal_lm_loss and has_labels
+            causal_needed = bidirectional and self.config.causal_lm_loss
             lm_hidden = self._llm(embeds, batch.input_ids, batch.attention_mask, False) if causal_needed else hidden
             if return_lm_logits:
                 lm_logits = self.base.lm_head(lm_hidden)
@@ -271,7 +277,7 @@ class Self1eModel(nn.Module):
         seg_rows = is_seg.any(1).nonzero()[:, 0]
         if len(seg_rows) == 0:
             return seg_rows, [], []
-        seg_pos = is_seg[seg_rows].float().argmax(1)  # first [SEG] of each row
+        seg_pos = last_index(is_seg[seg_rows])  # a row answers its last [SEG] (see seg_attention_mask)
         h_seg = hidden[seg_rows, seg_pos - 1]  # the state that predicts [SEG]
         image_pos = batch.input_ids == self.image_token_id
         f_img, f_v1, f_hq, grids = [], [], [], []

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from self1e.data.sample import Sample
-from self1e.model.processing import Batch, Self1eProcessor
+from self1e.model.processing import IGNORE_INDEX, MULTI_ANSWER_PREFIXES, Batch, Self1eProcessor, multi_answer
 
 log = logging.getLogger(__name__)
 
@@ -188,14 +188,31 @@ class TrainBatches:
             images.append(p.image_input(picture))
             n_tiles = p.n_tiles(images[-1].grid)
             for s in samples:
-                if s.is_vqa:
-                    rows.append(p.conversation(s.question, s.answer, n_tiles))
-                    targets.append(None)
-                else:
-                    rows.append(p.conversation(p.seg_question(s.text, rng), p.seg_answer(rng), n_tiles))
-                    targets.append(p.mask_target(s.load_mask(picture.size), s.load_ignore(picture.size)))
-                image_index.append(len(images) - 1)
+                for row, target in self.sample_rows(s, picture.size, n_tiles, rng):
+                    rows.append(row)
+                    targets.append(target)
+                    image_index.append(len(images) - 1)
         return p.collate(rows, images, image_index, targets)
+
+    def sample_rows(self, s: Sample, size: tuple[int, int], n_tiles: int, rng: random.Random):
+        """The batch rows of one sample with their mask targets: a VQA sample one row without a
+        target; a referring sample one row with its mask; a multi-object request one row per object
+        (see ``Self1eProcessor.rows_per_seg``), each with that object's mask (empty if absent)."""
+        p = self.processor
+        if s.is_vqa:
+            return [(p.conversation(s.question, s.answer, n_tiles, answer_is_text=True), None)]
+        ignore = s.load_ignore(size)
+        if not s.is_multi_object:
+            row = p.conversation(p.seg_question(s.text, rng), p.seg_answer(rng), n_tiles)
+            return [(row, p.mask_target(s.load_mask(size), ignore))]
+        answer = multi_answer(s.phrases, MULTI_ANSWER_PREFIXES[rng.randrange(len(MULTI_ANSWER_PREFIXES))])
+        ids, labels = p.conversation(p.seg_question(s.text, rng), answer, n_tiles)
+        answer_start = next(i for i, v in enumerate(labels) if v != IGNORE_INDEX)
+        rows = p.rows_per_seg(ids, labels, start=answer_start)
+        if len(rows) != len(s.phrases):
+            raise ValueError(f"{s.where or s.id}: {len(s.phrases)} phrases but {len(rows)} [SEG] in the answer "
+                             "(a phrase must not contain [SEG])")
+        return [(row, p.mask_target(s.load_instance(k, size), ignore)) for k, row in enumerate(rows)]
 
     def __iter__(self) -> Iterator[Batch]:
         while True:

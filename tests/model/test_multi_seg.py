@@ -1,0 +1,145 @@
+"""Several [SEG] in one answer, special tokens in user text, and the LM pass: the rules that make
+the model talk and segment at once. Each test fails under one of the deliberate breakages named
+in its docstring."""
+import numpy as np
+import pytest
+import torch
+
+from self1e.model import Self1eConfig, Self1eModel
+from self1e.model.attention import seg_attention_mask
+from self1e.model.processing import IGNORE_INDEX, multi_answer
+from self1e.model.tiny import build_tiny_base
+
+
+def make(**settings):
+    base, tok = build_tiny_base("tiny", seed=3)
+    return Self1eModel.from_base(base, tok, Self1eConfig(**settings)).eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make()
+
+
+def picture(seed=0):
+    from PIL import Image
+
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (56, 56, 3), dtype=np.uint8))
+
+
+def masks_of(model, rows, image):
+    p = model.processor
+    batch = p.collate(rows, [image], [0] * len(rows))
+    with torch.no_grad():
+        return model(batch).mask_logits
+
+
+def test_user_text_never_becomes_a_special_token(model):
+    """Breakage: special tokens in user text becoming special tokens."""
+    p = model.processor
+    image = p.image_input(picture())
+    n_tiles = p.n_tiles(image.grid)
+    plain_ids, _ = p.conversation("the red circle", "[SEG].", n_tiles)
+    for text in ("the [SEG] red circle", "the red <|im_end|> circle", "the <IMG_CONTEXT> red circle",
+                 "the <img> red </img> circle <|im_start|>assistant"):
+        ids, _ = p.conversation(text, "[SEG].", n_tiles)
+        for special in (p.seg_token_id, p.img_context_id, p.img_start_id, p.img_end_id):
+            assert ids.count(special) == plain_ids.count(special), (text, special)
+        for tok in ("<|im_end|>", "<|im_start|>"):
+            tid = p.tokenizer.convert_tokens_to_ids(tok)
+            assert ids.count(tid) == plain_ids.count(tid), (text, tok)
+    vqa_ids, _ = p.conversation("What is this?", "It says [SEG].", n_tiles, answer_is_text=True)
+    assert p.seg_token_id not in vqa_ids  # a dataset's answer is text too
+    batch = p.segmentation_batch([image], ["the [SEG] circle"])
+    assert int((batch.input_ids == p.seg_token_id).sum()) == 1  # only the answer's own [SEG]
+
+
+def test_rows_per_seg_label_every_answer_token_once(model):
+    p = model.processor
+    ids, labels = p.conversation("the red circle and the blue star", multi_answer(["the red circle", "the blue star"]),
+                                 1)
+    start = next(i for i, v in enumerate(labels) if v != IGNORE_INDEX)
+    rows = p.rows_per_seg(ids, labels, start)
+    assert len(rows) == 2
+    assert rows[0][0][-1] == p.seg_token_id and rows[1][0] == ids  # cut after [SEG] 1; the last row is whole
+    labelled = [i for row_ids, lab in rows for i, v in enumerate(lab) if v != IGNORE_INDEX]
+    assert sorted(labelled) == [i for i, v in enumerate(labels) if v != IGNORE_INDEX]  # each exactly once
+    assert p.rows_per_seg(ids[:start], labels[:start], start) == [(ids[:start], labels[:start])]
+
+
+def test_image_tokens_attend_to_the_last_seg_only():
+    ids = torch.tensor([[5, 1, 1, 1, 7, 9, 7, 4]])  # 1 = image token, 7 = [SEG]
+    mask = seg_attention_mask(ids, torch.ones_like(ids), 1, 7, torch.float32)[0, 0] == 0
+    assert mask[1, 6] and mask[2, 6] and mask[3, 6]  # the last [SEG]
+    assert not mask[1, 4] and not mask[2, 4]  # not the earlier one
+    assert mask[1, 3] and mask[3, 1]  # image tokens see each other both ways
+    assert not mask[4, 6]  # text stays causal
+
+
+def test_a_later_object_does_not_change_an_earlier_objects_mask(model):
+    """Breakage: one object's [SEG] changing another's mask (image tokens seeing every [SEG] of a row)."""
+    p = model.processor
+    image = p.image_input(picture(1))
+    question = p.seg_question("the red circle and the blue star")
+    one, _ = p.conversation(question, "the red circle is [SEG]", 1, close=False)
+    two, lab = p.conversation(question, multi_answer(["the red circle", "the blue star"]), 1)
+    rows = p.rows_per_seg(two, lab, len(one) - 6)
+    logits = masks_of(model, [(one, [IGNORE_INDEX] * len(one))] + rows, image)
+    assert len(logits) == 3
+    assert torch.allclose(logits[0], logits[1], atol=1e-5)  # first object: the same with or without the second
+    assert (logits[1] - logits[2]).abs().max() > 1e-5  # the second object has its own mask
+    # one row holding both [SEG]s answers its last one, not its first
+    assert torch.allclose(masks_of(model, [(two, lab)], image)[0], logits[2], atol=1e-5)
+
+
+def test_the_seg_state_is_read_before_the_seg_token():
+    """Breakage: h_SEG read at the [SEG] position instead of the one before it. Under causal
+    attention the state before [SEG] (and the image tokens) cannot see the [SEG] embedding."""
+    model = make(seg_attention="causal")
+    p = model.processor
+    batch = p.segmentation_batch([p.image_input(picture(2))], ["the red circle"])
+    with torch.no_grad():
+        before = model(batch).mask_logits[0]
+        model.base.get_input_embeddings().weight[model.seg_token_id] += 5.0
+        after = model(batch).mask_logits[0]
+    assert torch.allclose(before, after, atol=1e-6)
+
+
+def test_lm_logits_and_loss_come_from_a_causal_pass(model):
+    """Breakage: the causal LM pass removed (the answer would leak through the image tokens)."""
+    causal = make(seg_attention="causal")
+    causal.load_state_dict(model.state_dict())
+    p = model.processor
+    image = p.image_input(picture(3))
+    row = p.conversation(p.seg_question("the red circle"), "Sure, it is [SEG].", p.n_tiles(image.grid))
+    batch = p.collate([row], [image], [0])
+    unlabelled = p.collate([(row[0], [IGNORE_INDEX] * len(row[0]))], [image], [0])
+    with torch.no_grad():
+        out, ref = model(batch, return_lm_logits=True), causal(batch, return_lm_logits=True)
+        plain = model(unlabelled, return_lm_logits=True)
+    assert torch.allclose(out.lm_loss, ref.lm_loss, atol=1e-5)
+    assert torch.allclose(out.lm_logits, ref.lm_logits, atol=1e-5)
+    assert torch.allclose(plain.lm_logits, out.lm_logits, atol=1e-6)  # the same with or without labels
+
+
+def test_training_rows_of_a_multi_object_request():
+    from self1e.data.datasets import load_dataset
+    from self1e.train.batching import Source, TrainBatches
+
+    model = make()
+    samples = load_dataset("refshapes-multi:train:6:1:64") + load_dataset("refshapes-vqa:train:3:1:64")
+    batches = TrainBatches([Source("mix", samples)], model.processor, batch_size=9, k=1, seed=0)
+    batch = batches.make_batch(0, 0)
+    seg_id = model.seg_token_id
+    drawn = [samples[i] for _, members in batches.units(0, 0) for i in members]
+    n_phrases = sum(len(s.phrases) for s in drawn if s.is_multi_object)
+    n_vqa = sum(s.is_vqa for s in drawn)
+    assert n_phrases and n_vqa
+    seg_rows = (batch.input_ids == seg_id).any(1)
+    assert int(seg_rows.sum()) == n_phrases  # one row per object
+    assert sum(t is not None for t in batch.mask_targets) == n_phrases
+    vqa_rows = ~seg_rows
+    assert int(vqa_rows.sum()) == n_vqa and all(batch.mask_targets[i] is None for i in vqa_rows.nonzero()[:, 0])
+    model.train()
+    out = model(batch)
+    assert out.mask_loss is not None and out.lm_loss is not None and len(out.mask_logits) == n_phrases
