@@ -31,8 +31,13 @@ def test_demo_runs_on_a_given_model(tiny_model_dir, tmp_path, capsys, monkeypatc
     from self1e.demo import run as demo
 
     monkeypatch.setattr(demo, "SPLITS", (("test", 6), ("test-compositional", 4)))  # keep the test quick
+    monkeypatch.setattr(demo, "MULTI", 3)
+    monkeypatch.setattr(demo, "CHAT", {"segmentation": 2, "vqa": 3, "multi": 2})
     report = demo.run_demo(str(tiny_model_dir), tmp_path / "demo", overlays=2, batch_size=4)
-    assert set(report["datasets"]) == {"refshapes-test", "refshapes-test-compositional"}
+    assert set(report["datasets"]) == {"refshapes-test", "refshapes-test-compositional", "refshapes-multi-test"}
+    multi = report["datasets"]["refshapes-multi-test"]
+    assert multi["seg_emission"]["requests"] == 3 and multi["n"] >= 6  # every object of a request is scored
+    assert report["chat"]["vqa"]["n"] == 3 and report["chat"]["multi_object"]["n"] == 2
     assert report["datasets"]["refshapes-test"]["n"] == 6
     assert len(list((tmp_path / "demo" / "refshapes-test").glob("*.png"))) == 2
     assert "cIoU" in capsys.readouterr().out

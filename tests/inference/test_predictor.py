@@ -55,17 +55,82 @@ def test_bad_inputs_raise_clear_errors(predictor, tmp_path):
         predictor.set_image(np.zeros((4, 4, 7), np.uint8))
 
 
-def test_chat_answers_and_segments_when_seg_is_emitted(predictor):
+def forced(predictor, answer: str, monkeypatch):
+    """Make generation return ``answer`` (then end-of-turn), as a trained model would."""
+    p = predictor.processor
+    ids = p.encode_answer(answer) + [p.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+
+    def generate(**kwargs):
+        assert "inputs_embeds" in kwargs and "pixel_values" not in kwargs  # the cached image features
+        return torch.tensor([ids])
+
+    monkeypatch.setattr(predictor.model.base, "generate", generate)
+
+
+def test_chat_with_the_canonical_answer_gives_predicts_mask(predictor, monkeypatch):
+    """The chat mask pass runs under the segmentation attention mask, exactly as predict() does."""
+    image = np.random.default_rng(5).integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    predictor.set_image(image)
+    forced(predictor, "[SEG].", monkeypatch)
+    response = predictor.chat(predictor.processor.seg_question("the red circle"))
+    assert response.text == "[SEG]." and len(response.segments) == 1
+    expected = predictor.predict("the red circle")
+    np.testing.assert_allclose(response.segments[0].logits, expected.logits, atol=1e-5)
+    assert np.array_equal(response.segments[0].mask, expected.mask)
+
+
+def test_chat_gives_one_mask_per_seg_with_its_phrase(predictor, monkeypatch):
+    image = np.random.default_rng(6).integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    predictor.set_image(image)
+    answer = "the red circle is [SEG] and the blue star is [SEG]."
+    forced(predictor, answer, monkeypatch)
+    request = "the red circle and the blue star"
+    response = predictor.chat(predictor.processor.seg_question(request))
+    assert [seg.text for seg in response.segments] == ["the red circle", "the blue star"]
+    expected = predictor.predict_objects(request, ["the red circle", "the blue star"])
+    for got, want in zip(response.segments, expected, strict=True):
+        np.testing.assert_allclose(got.logits, want.logits, atol=1e-5)
+    assert not np.allclose(response.segments[0].logits, response.segments[1].logits)
+    assert response.history == [{"role": "user", "content": predictor.processor.seg_question(request)},
+                                {"role": "assistant", "content": answer}]
+
+
+def test_chat_turns_without_seg_and_multi_turn_history(predictor, monkeypatch):
     predictor.set_image(np.zeros((20, 20, 3), np.uint8))
-    answer, result = predictor.chat("What color is the star?", max_new_tokens=4)
-    assert isinstance(answer, str)
-    model = predictor.model
-    # Force the model to emit [SEG] first: its mask then has the image's size.
-    with torch.no_grad():
-        model.base.lm_head.bias = torch.nn.Parameter(torch.zeros(model.base.lm_head.out_features))
-        model.base.lm_head.bias[model.seg_token_id] = 1e4
-    try:
-        answer, result = predictor.chat("Where is the star?", max_new_tokens=2)
-    finally:
-        model.base.lm_head.bias = None
-    assert "[SEG]" in answer and result is not None and result.mask.shape == (20, 20)
+    forced(predictor, "Red.", monkeypatch)
+    first = predictor.chat("What color is the star?")
+    assert first.text == "red." and first.segments == []  # the tiny tokenizer lower-cases
+    forced(predictor, "[SEG].", monkeypatch)
+    second = predictor.chat("Where is it?", history=first.history)
+    assert len(second.history) == 4 and len(second.segments) == 1
+    p = predictor.processor
+    prompt = p.prompt("Where is it?", 1, first.history)
+    assert prompt.count(p.img_start_id) == 1  # the image sits in the first turn only
+    assert prompt.count(p.tokenizer.convert_tokens_to_ids("<|im_start|>")) == 4
+    with pytest.raises(ValueError, match="role"):
+        p.prompt("x", 1, [{"role": "system", "content": "hi"}])
+    with pytest.raises(ValueError, match="empty message"):
+        predictor.chat("  ")
+
+
+def test_free_generation_runs_on_the_cached_image(predictor):
+    predictor.set_image(np.zeros((20, 20, 3), np.uint8))
+    response = predictor.chat("What color is the star?", max_new_tokens=4)
+    assert len(response.token_ids) <= 4 and isinstance(response.text, str)
+    sampled = predictor.chat("What color is the star?", max_new_tokens=4, do_sample=True, temperature=0.7, seed=1)
+    again = predictor.chat("What color is the star?", max_new_tokens=4, do_sample=True, temperature=0.7, seed=1)
+    assert sampled.token_ids == again.token_ids  # seeded sampling repeats
+
+
+@pytest.mark.parametrize("answer, phrases", [
+    ("the red circle is [SEG] and the blue star is [SEG].", ["the red circle", "the blue star"]),
+    ("Sure, it is [SEG].", [None]),
+    ("[SEG].", [None]),
+    ("Sure, the red circle is [SEG], the cross is [SEG] and the star is [SEG].",
+     ["the red circle", "the cross", "the star"]),
+    ("red.", []),
+])
+def test_seg_phrases(answer, phrases):
+    from self1e.inference import seg_phrases
+
+    assert seg_phrases(answer) == phrases

@@ -8,7 +8,7 @@ from typing import Any
 from PIL import Image
 
 from self1e.common.images import ImageLike, to_rgb
-from self1e.common.overlay import draw_masks, overlay
+from self1e.common.overlay import draw_masks
 
 PALETTE = ((230, 40, 40), (40, 110, 230), (40, 170, 70), (240, 170, 20), (160, 60, 200), (20, 180, 190))
 
@@ -32,13 +32,16 @@ def segment_expressions(predictor, image: ImageLike | None,
 
 
 def chat_turn(predictor, image: ImageLike | None, question: str) -> tuple[str, Image.Image | None]:
-    """A free-form answer; when the model answers with [SEG], also the mask drawn on the image."""
+    """A free-form answer; when the model answers with [SEG], also every mask drawn on the image."""
     if image is None:
         raise ValueError("upload an image first")
     rgb = to_rgb(image)
     predictor.set_image(rgb)
-    answer, seg = predictor.chat(question)
-    return answer, (overlay(rgb, seg.mask) if seg is not None else None)
+    response = predictor.chat(question)
+    if not response.segments:
+        return response.text, None
+    colors = [PALETTE[k % len(PALETTE)] for k in range(len(response.segments))]
+    return response.text, draw_masks(rgb, response.masks, colors)
 
 
 def build_app(predictor):

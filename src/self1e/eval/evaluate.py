@@ -28,9 +28,11 @@ from self1e.eval.metrics import IoUAccumulator
 logger = logging.getLogger(__name__)
 
 
-def mask_filename(sample_id: str) -> str:
-    """``<id>.png``, the name of a saved or supplied prediction; path separators become ``_``."""
-    return str(sample_id).replace("/", "_").replace("\\", "_") + ".png"
+def mask_filename(sample_id: str, k: int | None = None) -> str:
+    """``<id>.png`` (``<id>_<k>.png`` for object k of a multi-object request), the name of a saved
+    or supplied prediction; path separators become ``_``."""
+    stem = str(sample_id).replace("/", "_").replace("\\", "_")
+    return f"{stem}.png" if k is None else f"{stem}_{k}.png"
 
 
 @dataclass
@@ -44,46 +46,78 @@ class EvalItem:
     image: Image.Image | None = None
 
 
+Prediction = np.ndarray | list[np.ndarray]  # one mask, or one per object of a multi-object request
+
+
 class PredictionSource(Protocol):
-    """Where predicted masks come from. ``predict`` returns one bool (H, W) mask per item, at the
-    item's original size; ``needs_images`` says whether items must carry their decoded image."""
+    """Where predicted masks come from. ``predict`` returns, per item, one bool (H, W) mask at the
+    item's original size, or for a multi-object request one mask per phrase; ``needs_images`` says
+    whether items must carry their decoded image."""
 
     needs_images: bool
 
-    def predict(self, items: Sequence[EvalItem]) -> list[np.ndarray]: ...
+    def predict(self, items: Sequence[EvalItem]) -> list[Prediction]: ...
 
 
 class PredictorSource:
     """Masks from a model: anything with ``predict_many(images, texts)`` returning results with a
     ``.mask`` (bool numpy at the original image size; the predictor resizes the logits bilinearly to
-    that size and thresholds them at 0). Used as-is for ``Self1ePredictor``."""
+    that size and thresholds them at 0). Used as-is for ``Self1ePredictor``.
+
+    A multi-object request is answered teacher-forced with one ``[SEG]`` per phrase
+    (``predict_objects``); with ``count_emission`` the model is also asked it freely (greedy chat)
+    and the ``[SEG]`` it writes are counted against the objects asked for (``emission``)."""
 
     needs_images = True
 
-    def __init__(self, predictor: Any) -> None:
+    def __init__(self, predictor: Any, count_emission: bool = True) -> None:
         self.predictor = predictor
+        self.count_emission = count_emission
+        self.emission = {"requests": 0, "objects": 0, "seg_emitted": 0, "right_count": 0}
 
-    def predict(self, items: Sequence[EvalItem]) -> list[np.ndarray]:
-        images = [it.image for it in items]
-        texts = [it.sample.text for it in items]
-        results = self.predictor.predict_many(images, texts)
-        if len(results) != len(items):
-            raise RuntimeError(f"predictor returned {len(results)} results for {len(items)} inputs")
-        masks = []
-        for it, res in zip(items, results):
-            mask = np.asarray(res.mask)
-            if mask.shape != (it.size[1], it.size[0]):
-                raise RuntimeError(
-                    f"predictor returned a {mask.shape} mask for {it.sample.where or it.sample.id}, whose "
-                    f"image is {it.size[1]}x{it.size[0]} (height x width): masks must be at original size"
-                )
-            masks.append(mask != 0 if mask.dtype != bool else mask)
-        return masks
+    def predict(self, items: Sequence[EvalItem]) -> list[Prediction]:
+        single = [it for it in items if not it.sample.is_multi_object]
+        results = iter(self.predictor.predict_many([it.image for it in single], [it.sample.text for it in single])
+                       if single else [])
+        out: list[Prediction] = []
+        for it in items:
+            if it.sample.is_multi_object:
+                out.append([self._checked(it, r.mask) for r in self._objects(it)])
+            else:
+                res = next(results, None)
+                if res is None:
+                    raise RuntimeError(f"predictor returned fewer results than the {len(single)} inputs")
+                out.append(self._checked(it, res.mask))
+        return out
+
+    def _objects(self, it: EvalItem) -> list:
+        s, predictor = it.sample, self.predictor
+        predictor.set_image(it.image)
+        results = predictor.predict_objects(s.text, s.phrases)
+        if self.count_emission:
+            answer = predictor.chat(predictor.processor.seg_question(s.text), max_new_tokens=16 * len(s.phrases))
+            emitted = answer.text.count(predictor.processor.seg_token)
+            self.emission["requests"] += 1
+            self.emission["objects"] += len(s.phrases)
+            self.emission["seg_emitted"] += emitted
+            self.emission["right_count"] += emitted == len(s.phrases)
+        return results
+
+    @staticmethod
+    def _checked(it: EvalItem, mask: np.ndarray) -> np.ndarray:
+        mask = np.asarray(mask)
+        if mask.shape != (it.size[1], it.size[0]):
+            raise RuntimeError(
+                f"predictor returned a {mask.shape} mask for {it.sample.where or it.sample.id}, whose "
+                f"image is {it.size[1]}x{it.size[0]} (height x width): masks must be at original size"
+            )
+        return mask != 0 if mask.dtype != bool else mask
 
 
 class FolderSource:
-    """Masks from ``DIR/<id>.png`` (any mode; non-zero = foreground). A missing file counts as an
-    empty prediction (and is counted in ``missing``); a file of the wrong size is an error naming it."""
+    """Masks from ``DIR/<id>.png`` (any mode; non-zero = foreground), and ``DIR/<id>_<k>.png`` for
+    object k of a multi-object request. A missing file counts as an empty prediction (and is
+    counted in ``missing``); a file of the wrong size is an error naming it."""
 
     needs_images = False
 
@@ -93,22 +127,28 @@ class FolderSource:
             raise FileNotFoundError(f"predictions folder not found: {self.folder}")
         self.missing = 0
 
-    def predict(self, items: Sequence[EvalItem]) -> list[np.ndarray]:
-        masks = []
+    def predict(self, items: Sequence[EvalItem]) -> list[Prediction]:
+        out: list[Prediction] = []
         for it in items:
-            path = self.folder / mask_filename(it.sample.id)
-            if not path.exists():
-                self.missing += 1
-                masks.append(np.zeros((it.size[1], it.size[0]), dtype=bool))
-                continue
-            mask = read_mask(path)
-            if mask.shape != (it.size[1], it.size[0]):
-                raise DataError(
-                    f"prediction {path} is {mask.shape[1]}x{mask.shape[0]} but the image of sample "
-                    f"{it.sample.id!r} is {it.size[0]}x{it.size[1]} (width x height)"
-                )
-            masks.append(mask)
-        return masks
+            s = it.sample
+            if s.is_multi_object:
+                out.append([self._read(it, mask_filename(s.id, k)) for k in range(len(s.phrases))])
+            else:
+                out.append(self._read(it, mask_filename(s.id)))
+        return out
+
+    def _read(self, it: EvalItem, name: str) -> np.ndarray:
+        path = self.folder / name
+        if not path.exists():
+            self.missing += 1
+            return np.zeros((it.size[1], it.size[0]), dtype=bool)
+        mask = read_mask(path)
+        if mask.shape != (it.size[1], it.size[0]):
+            raise DataError(
+                f"prediction {path} is {mask.shape[1]}x{mask.shape[0]} but the image of sample "
+                f"{it.sample.id!r} is {it.size[0]}x{it.size[1]} (width x height)"
+            )
+        return mask
 
 
 @dataclass
@@ -121,6 +161,7 @@ class EvalResult:
     world_size: int = 1
     missing_predictions: int = 0
     skipped_vqa: int = 0
+    emission: dict[str, int] | None = None  # multi-object requests: [SEG] written freely vs objects asked
 
     @property
     def n(self) -> int:
@@ -171,8 +212,10 @@ def evaluate(
 ) -> EvalResult:
     """Evaluate ``source`` on ``samples`` and return the merged :class:`EvalResult`.
 
-    VQA samples (no ``text``) have no mask to evaluate: they are skipped and counted. ``limit``
-    keeps the first N remaining samples. ``save_masks`` writes ``<id>.png`` (0/255) per sample;
+    VQA samples (no ``text``) have no mask to evaluate: they are skipped and counted. Each object
+    of a multi-object request is scored as a sample of its own (kind ``multi-object``). ``limit``
+    keeps the first N remaining samples. ``save_masks`` writes ``<id>.png`` (0/255) per sample
+    (``<id>_<k>.png`` per object of a multi-object request);
     ``overlays`` draws the first N samples (prediction in red, truth outlined in green, the text
     above) into ``overlay_dir`` as ``<index>_<id>.png``. Under ``torch.distributed`` each rank
     evaluates ``rank::world_size`` and writes the mask and overlay files of its own samples (distinct
@@ -200,6 +243,7 @@ def evaluate(
             d.mkdir(parents=True, exist_ok=True)
 
     missing_before = getattr(source, "missing", 0)
+    emission_before = dict(getattr(source, "emission", None) or {})
     acc = IoUAccumulator()
     start = time.perf_counter()
     error: Exception | None = None
@@ -213,11 +257,12 @@ def evaluate(
         error = e
     seconds = time.perf_counter() - start
     missing = getattr(source, "missing", 0) - missing_before
+    emission = {k: v - emission_before.get(k, 0) for k, v in (getattr(source, "emission", None) or {}).items()}
     if world > 1:
-        acc, seconds, missing = _reduce_across_ranks(acc, seconds, missing, error)
+        acc, seconds, missing, emission = _reduce_across_ranks(acc, seconds, missing, emission, error)
     if missing and rank == 0:
         logger.warning("%s: %d of %d predictions missing, counted as empty masks", desc, missing, acc.n)
-    return EvalResult(acc, seconds, world, missing, skipped_vqa)
+    return EvalResult(acc, seconds, world, missing, skipped_vqa, emission if emission.get("requests") else None)
 
 
 def _run_shard(
@@ -245,13 +290,23 @@ def _run_shard(
         preds = source.predict(items)
         for it, pred in zip(items, preds):
             s = it.sample
-            gt = s.load_mask(it.size)
-            acc.update(pred, gt, s.load_ignore(it.size), s.kind)
-            if save_dir is not None:
-                write_mask_png(pred, save_dir / mask_filename(s.id))
+            ignore = s.load_ignore(it.size)
+            if s.is_multi_object:
+                if len(pred) != len(s.phrases):
+                    raise RuntimeError(f"{s.where or s.id}: {len(pred)} masks for {len(s.phrases)} objects")
+                for k, mask in enumerate(pred):
+                    acc.update(mask, s.load_instance(k, it.size), ignore, s.kind)
+                    if save_dir is not None:
+                        write_mask_png(mask, save_dir / mask_filename(s.id, k))
+                pred = np.logical_or.reduce(pred)  # drawn as one picture
+            else:
+                acc.update(pred, s.load_mask(it.size), ignore, s.kind)
+                if save_dir is not None:
+                    write_mask_png(pred, save_dir / mask_filename(s.id))
             if draw_dir is not None and it.index < overlays:
                 image = it.image if it.image is not None else s.load_image()
-                overlay(image, pred, s.text, gt=gt).save(draw_dir / f"{it.index:05d}_{mask_filename(s.id)}")
+                overlay(image, pred, s.text, gt=s.load_mask(it.size)).save(
+                    draw_dir / f"{it.index:05d}_{mask_filename(s.id)}")
         bar.update(len(items))
         if acc.ciou is not None:
             bar.set_postfix(cIoU=f"{100 * acc.ciou:.2f}")
@@ -259,8 +314,8 @@ def _run_shard(
 
 
 def _reduce_across_ranks(
-    acc: IoUAccumulator, seconds: float, missing: int, error: Exception | None
-) -> tuple[IoUAccumulator, float, int]:
+    acc: IoUAccumulator, seconds: float, missing: int, emission: dict[str, int], error: Exception | None
+) -> tuple[IoUAccumulator, float, int, dict[str, int]]:
     """Gather every rank's exact state and merge them (on every rank). The accumulator's sums are
     integers, so the merged result does not depend on the shard layout or the merge order.
 
@@ -269,7 +324,7 @@ def _reduce_across_ranks(
     """
     import torch.distributed as dist
 
-    payload = {"state": acc.state_dict(), "seconds": seconds, "missing": missing,
+    payload = {"state": acc.state_dict(), "seconds": seconds, "missing": missing, "emission": emission,
                "error": None if error is None else f"{type(error).__name__}: {error}"}
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, payload)
@@ -281,4 +336,5 @@ def _reduce_across_ranks(
     total = IoUAccumulator()
     for part in gathered:  # rank order
         total.merge(IoUAccumulator.from_state_dict(part["state"]))
-    return total, max(p["seconds"] for p in gathered), sum(p["missing"] for p in gathered)
+    merged = {k: sum(p["emission"].get(k, 0) for p in gathered) for k in emission}
+    return total, max(p["seconds"] for p in gathered), sum(p["missing"] for p in gathered), merged

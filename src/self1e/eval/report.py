@@ -13,6 +13,7 @@ Schema (``schema_version`` 1; metric values are fractions in [0, 1], null where 
       "software": {"self1e": "0.1.0", "torch": ..., "transformers": ..., "numpy": ..., "python": ...},
       "throughput": {"samples": int, "seconds": float, "samples_per_s": float},   # all datasets;
                                                      # loop time (load, predict, score), no model load
+      "chat": {...},                                # only from `self1e demo`: see self1e.eval.chat
       "datasets": {
         "<key>": {                                   # short name, see dataset_key()
           "spec": "refcoco:unc:val@/data",           # the --data value
@@ -23,6 +24,8 @@ Schema (``schema_version`` 1; metric values are fractions in [0, 1], null where 
           "counts": {"n", "intersection", "union", "no_target", "no_target_pred_empty",
                      "has_target", "has_target_pred_nonempty", "hits_P@0.5", ... : int},
           "missing_predictions": int, "skipped_vqa": int,
+          "seg_emission": {"requests", "objects", "seg_emitted", "right_count": int,   # multi-object
+                           "right_count_rate": float},   # requests, model asked freely; else absent
           "seconds": float, "samples_per_s": float,  # slowest rank's loop time
           "save_masks": str | null, "overlays": str | null
         }
@@ -60,6 +63,9 @@ PROTOCOL: dict[str, Any] = {
     "reasonseg_text": "the first text of each image (the loader's default; a reasonseg:SPLIT:all@ROOT "
     "spec evaluates every text)",
     "vqa_samples": "skipped and counted (skipped_vqa)",
+    "multi_object": "each object of a multi-object request is a sample (teacher-forced, one [SEG] per "
+    "object); seg_emission counts the [SEG] the model writes when asked freely (greedy) against the "
+    "objects asked for",
     "values": "fractions in [0, 1]; report.md shows percentages",
 }
 
@@ -111,6 +117,9 @@ def dataset_entry(
     entry["counts"] = result.accumulator.counts()
     entry["missing_predictions"] = result.missing_predictions
     entry["skipped_vqa"] = result.skipped_vqa
+    if result.emission:
+        e = result.emission
+        entry["seg_emission"] = {**e, "right_count_rate": e["right_count"] / e["requests"]}
     entry["seconds"] = round(result.seconds, 4)
     entry["samples_per_s"] = None if result.samples_per_s is None else round(result.samples_per_s, 3)
     entry["save_masks"] = str(save_masks) if save_masks is not None else None
@@ -128,6 +137,7 @@ def build_report(
     batch_size: int | None = None,
     limit: int | None = None,
     self1e: dict[str, Any] | None = None,
+    chat: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The whole report (see the module docstring for the schema); ``self1e``: the evaluated
     model's SELF1E settings as they were used."""
@@ -152,6 +162,7 @@ def build_report(
             "samples_per_s": round(n / seconds, 3) if seconds > 0 else None,
         },
         "datasets": datasets,
+        **({"chat": chat} if chat else {}),
     }
 
 
@@ -176,9 +187,32 @@ def markdown_table(report: dict[str, Any]) -> str:
         for name, m in rows:
             cells = [_pct(m.get(c)) if c in m else "-" for c in cols]
             lines.append(f"| {name} | {m['n']} | " + " | ".join(cells) + " |")
+    if report.get("chat"):
+        lines += ["", chat_table(report["chat"]).rstrip()]
     thr = report.get("throughput", {})
     if thr.get("samples_per_s"):
         lines += ["", f"{thr['samples']} samples in {thr['seconds']:.2f} s ({thr['samples_per_s']:.2f} samples/s)."]
+    return "\n".join(lines) + "\n"
+
+
+CHAT_ROWS = (  # (group, measure, count key, label) of the chat table
+    ("vqa", "exact_match", "n", "VQA exact match"),
+    ("vqa", "answered_without_seg", "n", "VQA answered without [SEG]"),
+    ("segmentation", "answered_with_seg", "n", "segmentation requests answered with [SEG]"),
+    ("segmentation", "chat_cIoU", "n", "cIoU of the masks chat gives"),
+    ("segmentation", "predict_cIoU", "n", "cIoU of predict() on the same samples"),
+    ("multi_object", "right_seg_count", "n", "multi-object requests answered with one [SEG] per object"),
+    ("multi_object", "per_object_cIoU", "objects", "per-object cIoU, objects asked together"),
+    ("multi_object", "one_at_a_time_cIoU", "objects", "per-object cIoU, the same objects one at a time"),
+)
+
+
+def chat_table(chat: dict[str, Any]) -> str:
+    """The measures of :func:`self1e.eval.chat.evaluate_chat` as a markdown table (percentages)."""
+    lines = ["| chat | n | % |", "|---|---:|---:|"]
+    for group, key, count, label in CHAT_ROWS:
+        if group in chat:
+            lines.append(f"| {label} | {chat[group][count]} | {_pct(chat[group][key])} |")
     return "\n".join(lines) + "\n"
 
 

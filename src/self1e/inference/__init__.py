@@ -1,4 +1,4 @@
 """Inference above the model: the predictor (set an image once, then segment and chat)."""
-from self1e.inference.predictor import SegmentationResult, Self1ePredictor
+from self1e.inference.predictor import ChatResponse, SegmentationResult, Self1ePredictor, seg_phrases
 
-__all__ = ["SegmentationResult", "Self1ePredictor"]
+__all__ = ["ChatResponse", "SegmentationResult", "Self1ePredictor", "seg_phrases"]

@@ -7,6 +7,7 @@ model and the head. Segmentation is one teacher-forced pass (prompt + "[SEG].") 
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 from self1e.common.images import ImageLike
 from self1e.model import ImageFeatures, Self1eConfig, Self1eModel, load_model
 from self1e.model.losses import resize_logits
-from self1e.model.processing import IGNORE_INDEX, ImageInput
+from self1e.model.processing import IGNORE_INDEX, IM_END, ImageInput, multi_answer
 
 
 @dataclass
@@ -34,6 +35,23 @@ class SegmentationResult:
     @property
     def empty(self) -> bool:
         return not self.mask.any()
+
+
+@dataclass
+class ChatResponse:
+    """One chat turn. text: the answer as the model wrote it (``[SEG]`` kept); segments: one result
+    per ``[SEG]`` in the answer, in order, whose ``text`` is the phrase it answers where the answer
+    names one (else the message); history: the conversation including this turn, to pass back as
+    ``history=`` for the next; token_ids: the generated ids."""
+
+    text: str
+    segments: list[SegmentationResult]
+    history: list[dict[str, str]]
+    token_ids: list[int]
+
+    @property
+    def masks(self) -> list[np.ndarray]:
+        return [s.mask for s in self.segments]
 
 
 def to_result(text: str, logits: torch.Tensor) -> SegmentationResult:
@@ -141,27 +159,83 @@ class Self1ePredictor:
         return [to_result(t, resize_logits(lg[None].float(), (im.size[1], im.size[0]))[0])
                 for t, lg, im in zip(texts, out.mask_logits, inputs)]
 
+    @torch.inference_mode()
+    def predict_objects(self, request: str, phrases: Sequence[str]) -> list[SegmentationResult]:
+        """A multi-object request ("the red circle and the blue star") answered teacher-forced with
+        one ``[SEG]`` per phrase: one mask per phrase, in order (one batched pass)."""
+        image, feats = self._current()
+        check_texts([request, *phrases])
+        p = self.processor
+        question, n_tiles = p.seg_question(request), p.n_tiles(image.grid)
+        ids, labels = p.conversation(question, multi_answer(phrases), n_tiles, close=False)
+        rows = p.rows_per_seg(ids, labels, start=len(p.prompt(question, n_tiles)))
+        return self._masks_for_rows(rows, list(phrases))
+
+    def _masks_for_rows(self, rows: list[tuple[list[int], list[int]]], texts: list[str]) -> list[SegmentationResult]:
+        """One result per row (each ends its answer at a [SEG]), from one pass on the cached image."""
+        image, feats = self._current()
+        batch = self.processor.collate(rows, [image], [0] * len(rows)).to(self.device, self.model.dtype)
+        logits = torch.stack(self.model(batch, image_features=feats).mask_logits).float()
+        full = resize_logits(logits, (image.size[1], image.size[0]))
+        return [to_result(t, lg) for t, lg in zip(texts, full)]
+
     # ---- chat -----------------------------------------------------------------------------------
     @torch.inference_mode()
-    def chat(self, question: str, max_new_tokens: int = 64) -> tuple[str, SegmentationResult | None]:
-        """Free-form answer about the current image (greedy). If the answer contains [SEG], the mask
-        comes from one teacher-forced pass over the prompt and the answer; otherwise None."""
+    def chat(self, message: str, history: Sequence[Mapping[str, str]] | None = None, max_new_tokens: int = 64,
+             do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+             seed: int | None = None) -> ChatResponse:
+        """Answer ``message`` about the current image, greedily (or sampled with ``do_sample``). The
+        model decides whether to segment: every ``[SEG]`` it writes gets a mask, from one
+        teacher-forced pass over the prompt and its answer under the segmentation attention mask
+        (one row per ``[SEG]``, see ``Self1eProcessor.rows_per_seg``). ``history`` is the previous
+        response's ``history``, for another turn on the same image."""
         image, feats = self._current()
-        if not question.strip():
-            raise ValueError("empty question")
+        if not isinstance(message, str) or not message.strip():
+            raise ValueError("empty message: type a question or a request")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         p, model = self.processor, self.model
-        ids, _ = p.conversation(question, None, p.n_tiles(image.grid))
-        input_ids = torch.tensor([ids], device=self.device)
+        history = [dict(turn) for turn in (history or [])]
+        prompt = p.prompt(message, p.n_tiles(image.grid), history)
+        input_ids = torch.tensor([prompt], device=self.device)
         embeds = model.embed(input_ids, feats, torch.zeros(1, dtype=torch.long, device=self.device))
-        gen = model.base.generate(
-            inputs_embeds=embeds, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
-            do_sample=False, eos_token_id=p.tokenizer.convert_tokens_to_ids("<|im_end|>"), pad_token_id=p.pad_id)
+        stop = [i for i in (p.tokenizer.convert_tokens_to_ids(IM_END), p.tokenizer.eos_token_id) if i is not None]
+        sampling = {"do_sample": do_sample}
+        if do_sample:
+            sampling.update(temperature=temperature, top_p=top_p)
+        if seed is not None:
+            torch.manual_seed(seed)
+        gen = model.base.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(input_ids),
+                                  max_new_tokens=max_new_tokens, eos_token_id=stop, pad_token_id=p.pad_id, **sampling)
         new = gen[0].tolist()  # with inputs_embeds, generate returns only the new tokens
-        answer = p.tokenizer.decode(new, skip_special_tokens=False).replace("<|im_end|>", "").strip()
-        if model.seg_token_id not in new:
-            return answer, None
-        cut = new.index(model.seg_token_id) + 1
-        rows = [(ids + new[:cut], [IGNORE_INDEX] * (len(ids) + cut))]
-        batch = p.collate(rows, [image], [0]).to(self.device, model.dtype)
-        logits = model(batch, image_features=feats).mask_logits[0]
-        return answer, to_result(question, resize_logits(logits[None].float(), (image.size[1], image.size[0]))[0])
+        while new and new[-1] in stop + [p.pad_id]:
+            new.pop()
+        text = p.tokenizer.decode(new, skip_special_tokens=False).strip()
+        segments = []
+        if model.seg_token_id in new:
+            ids = prompt + new
+            rows = p.rows_per_seg(ids, [IGNORE_INDEX] * len(ids), start=len(prompt))
+            phrases = seg_phrases(text, p.seg_token)
+            segments = self._masks_for_rows(rows, [ph or message for ph in phrases])
+        turn = [{"role": "user", "content": message}, {"role": "assistant", "content": text}]
+        return ChatResponse(text, segments, history + turn, new)
+
+
+_LEADING = re.compile(r"^(?:sure|yes|and|it is|it's|this is|the segmentation result is|here is|here)\b[\s,:;]*", re.I)
+
+
+def seg_phrases(answer: str, seg_token: str = "[SEG]") -> list[str | None]:
+    """The phrase each ``[SEG]`` of an answer stands for, where the answer names one:
+    "the red circle is [SEG] and the blue star is [SEG]." -> ["the red circle", "the blue star"];
+    "Sure, it is [SEG]." -> [None]."""
+    out: list[str | None] = []
+    for piece in answer.split(seg_token)[:-1]:
+        text = piece.strip(" ,.;:")
+        while True:
+            shorter = _LEADING.sub("", text).strip(" ,.;:")
+            if shorter == text:
+                break
+            text = shorter
+        text = re.sub(r"\s+(?:is|are|=)$", "", text).strip(" ,.;:")
+        out.append(text or None)
+    return out
