@@ -3,6 +3,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_model.py"
 VARIANTS = {"plain", "seg", "seg_causal", "seg_lm_logits", "seg_labelled", "seg_eager", "seg_eager_llm",
             "head", "hq_projection"}
@@ -44,3 +46,30 @@ def test_mask_ceiling_grows_with_the_grid_and_is_exact_at_full_resolution():
     result = module.main(["--data", "refshapes:test:30:3:64", "--grids", "4", "16", "64"])
     assert result[64] == 100.0  # one cell per pixel: the resize is the identity
     assert result[4] < result[16] < 100.0
+
+
+def load_script(name: str):
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_vqa_preserved_and_seg_emission_run_end_to_end(tmp_path):
+    """Two tiny training runs each, measured; the numbers themselves come from the real budgets."""
+    out = tmp_path / "vqa.json"
+    load_script("vqa_preserved").main(["--start", "tiny:tiny", "--size", "64", "--steps", "2", "--batch", "2",
+                                       "--train-n", "30",
+                                       "--test", "3", "--out", str(tmp_path / "v"), "--results", str(out)])
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["run"] for r in runs] == ["vqa_only", "vqa_and_segmentation"]
+    assert all(0 <= r["vqa"]["exact_match"] <= 1 and r["vqa"]["n"] == 3 for r in runs)
+    out = tmp_path / "emission.json"
+    load_script("seg_emission").main(["--start", "tiny:tiny", "--size", "64", "--steps", "2", "--test", "3",
+                                      "--train-n", "30",
+                                      "--out", str(tmp_path / "e"), "--results", str(out)])
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["causal_lm_loss"] for r in runs] == [False, True]
+    assert all(r["seg_token_loss_causal"] > 0 and 0 <= r["vqa_without_seg"] <= 1 for r in runs)

@@ -149,9 +149,19 @@ def test_ranks_get_disjoint_shards(processor):
     assert ids[0] and ids[1]
 
 
+def test_a_language_only_mix_trains_without_segmentation_rows(processor, caplog):
+    plan = BatchPlan([Source("vqa", vqa_samples(4))], 1, 3, 0)  # the VQA-only baseline of vqa_preserved
+    assert plan.vqa_only and "no segmentation sample" in caplog.text
+    assert kind_of_units(plan) == {"vqa"}
+    batch = TrainBatches([Source("vqa", vqa_samples(4))], processor, batch_size=1, k=3, seed=0).make_batch(0, 0)
+    assert all(t is None for t in batch.mask_targets) and (batch.labels != IGNORE_INDEX).any()
+
+
+def kind_of_units(plan: BatchPlan) -> set[str]:
+    return {"vqa" if plan.sources[s].samples[m[0]].is_vqa else "seg" for b in plan.epoch(0) for s, m in b}
+
+
 def test_errors_name_the_problem(processor):
-    with pytest.raises(ValueError, match="no segmentation sample"):
-        BatchPlan([Source("vqa", vqa_samples(4))], 1, 3, 0)
     with pytest.raises(ValueError, match="fewer than one micro-batch"):
         BatchPlan([Source("a", seg_samples(1, 1))], 2, 3, 0)
     with pytest.raises(ValueError, match="ratio"):

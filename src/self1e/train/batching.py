@@ -95,9 +95,10 @@ class BatchPlan:
                 raise ValueError(f"dataset {s.name!r}: ratio must be > 0, got {s.ratio}")
         self.groups = [group_by_image(s.samples) for s in self.sources]
         self.counts = np.array([[len(_Pool(g[kind], k, ())) for kind in KINDS] for g in self.groups])
-        if self.counts[:, 0].sum() == 0:
-            raise ValueError("the training mix has no segmentation sample; add a dataset with referring "
-                             "expressions or masks")
+        self.vqa_only = self.counts[:, 0].sum() == 0  # a language-only mix (e.g. the VQA-only baseline)
+        if self.vqa_only:
+            log.warning("the training mix has no segmentation sample: the mask head gets no gradient (and "
+                        "DDP would report it unused)")
         units = int(self.counts.sum())
         per_round = batch_size * world_size
         self.length = (units // per_round) * world_size  # micro-batches per epoch, all ranks together
@@ -123,14 +124,15 @@ class BatchPlan:
         n_slots = self.length * self.batch_size
         src = rng.choice(n_src, size=n_slots, p=ratios / ratios.sum())
         coin = rng.random(n_slots)
-        fallback = rng.choice(n_src, size=self.length, p=(ratios * seg_ok) / (ratios * seg_ok).sum())
+        fallback = None if self.vqa_only else rng.choice(n_src, size=self.length,
+                                                         p=(ratios * seg_ok) / (ratios * seg_ok).sum())
         plan: list[list[Unit]] = []
         for b in range(self.length):
             picks = []
             for slot in range(b * self.batch_size, (b + 1) * self.batch_size):
                 s = int(src[slot])
                 picks.append((s, 0 if coin[slot] < seg_share[s] else 1))
-            if all(kind == 1 for _, kind in picks):  # guarantee one segmentation unit per micro-batch
+            if fallback is not None and all(kind == 1 for _, kind in picks):  # one segmentation unit per micro-batch
                 picks[-1] = (int(fallback[b]), 0)
             plan.append([(s, pools[s][kind].take()) for s, kind in picks])
         return plan
