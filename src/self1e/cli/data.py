@@ -1,6 +1,6 @@
 """`self1e data`: generate RefShapes, convert real datasets to JSONL, and check datasets.
 
-    self1e data synth --out DIR --split train --n 20000 --seed 0 --size 224 [--vqa]
+    self1e data synth --out DIR --split train --n 20000 --seed 0 --size 224 [--vqa] [--kind vqa|multi] [--styled]
     self1e data convert --from refcoco --root ROOT --split val [--split-by unc] --out FILE.jsonl
     self1e data check PATH_OR_SPEC        (exit 0 only when no problem is found)
 """
@@ -32,7 +32,10 @@ def add_parser(sub) -> None:
     s.add_argument("--seed", type=int, default=0, metavar="N", help="generator seed (default: %(default)s)")
     s.add_argument("--size", type=int, default=224, metavar="PX",
                    help="canvas size in pixels, 64-1024 (default: %(default)s)")
-    s.add_argument("--vqa", action="store_true", help="also write one VQA line per scene")
+    s.add_argument("--vqa", action="store_true", help="also write one VQA line per scene (--kind refer)")
+    s.add_argument("--kind", default="refer", choices=("refer", "vqa", "multi"),
+                   help="referring expressions, VQA only, or multi-object requests (default: %(default)s)")
+    s.add_argument("--styled", action="store_true", help="draw scenes in varied looks and outline geometry")
     s.add_argument("--per-image", type=int, default=4, metavar="N",
                    help="referring samples per scene image (default: %(default)s)")
     s.set_defaults(run=run_synth)
@@ -57,7 +60,8 @@ def add_parser(sub) -> None:
 def run_synth(args) -> int:
     from self1e.data.refshapes import generate
 
-    path = generate(args.out, args.split, args.n, args.seed, size=args.size, vqa=args.vqa,
+    path = generate(args.out, args.split, args.n, args.seed, size=args.size, vqa=args.vqa, kind=args.kind,
+                    styled=args.styled,
                     progress=True, per_image=args.per_image)
     print(f"wrote {path}")
     return 0
