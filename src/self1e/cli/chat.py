@@ -34,13 +34,18 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from self1e.common.images import to_rgb, write_mask_png
+    from self1e.common.files import check_outputs
+    from self1e.common.images import save_image, to_rgb, write_mask_png
     from self1e.common.overlay import overlay
     from self1e.inference import Self1ePredictor
+    from self1e.inference.predictor import pick_device
 
-    image = to_rgb(args.image)  # fails early, naming the file, before the model loads
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if Path(args.out).is_file():
+        raise ValueError(f"--out {args.out} is a file; give a folder for the overlays and masks")
+    pick_device(args.device)
+    image = to_rgb(args.image)  # fails early, naming the file, before the model loads
     predictor = Self1ePredictor.from_pretrained(args.model, device=args.device, config=settings_from(args))
     predictor.set_image(image)
     out = Path(args.out)
@@ -61,10 +66,10 @@ def run(args) -> int:
         history = response.history
         print(f"assistant: {response.text}", flush=True)
         for k, seg in enumerate(response.segments, start=1):
-            picture = out / f"turn{turn}_{k}.png"
-            out.mkdir(parents=True, exist_ok=True)
-            overlay(image, seg.mask, seg.text).save(picture)
-            write_mask_png(seg.mask, out / f"turn{turn}_{k}_mask.png")
+            picture, mask_file = out / f"turn{turn}_{k}.png", out / f"turn{turn}_{k}_mask.png"
+            check_outputs({"--out": [picture, mask_file]}, {"--image": [args.image]})
+            save_image(overlay(image, seg.mask, seg.text), picture)
+            write_mask_png(seg.mask, mask_file)
             print(f"  [SEG] {k}: {seg.text!r}, {int(seg.mask.sum())} px, score {seg.score:.3f} -> {picture}")
         if interactive:
             print("you: ", end="", flush=True)

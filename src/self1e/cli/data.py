@@ -101,7 +101,7 @@ def run_convert(args) -> int:
         image = Path(s.image)
         if not image.is_file():
             raise ValueError(f"{s.where}: image not found: {image}")
-        size = image_size(image)
+        size = image_size(image, exif=s.exif)
         rec = {"id": s.id, "image": str(image.resolve()), "text": s.text,
                "mask": save(s.mask, size, s, "mask") if s.mask is not None else None}
         if s.ignore is not None:
@@ -111,6 +111,8 @@ def run_convert(args) -> int:
                                 for k, m in enumerate(s.instances)]
         if s.kind is not None:
             rec["kind"] = s.kind
+        if not s.exif:
+            rec["exif"] = False  # the field's annotations are in stored pixel order
         records.append(rec)
     write_jsonl(out, records)
     print(f"wrote {len(records)} samples to {out}")

@@ -64,9 +64,10 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from self1e.common.distributed import init_from_env
+    from self1e.common.files import check_outputs
     from self1e.eval.evaluate import FolderSource, PredictorSource
     from self1e.eval.pipeline import evaluate_to_report, load_named
-    from self1e.eval.report import markdown_table
+    from self1e.eval.report import markdown_table, report_paths
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -76,9 +77,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--num-overlays must be >= 0, got {args.num_overlays}")
     if args.out.exists() and args.out.is_dir():
         raise ValueError(f"--out {args.out} is a folder; give a file name such as {args.out / 'report.json'}")
+    check_outputs({"--out": report_paths(args.out)}, {"--data": [d for d in args.data if Path(d).is_file()]})
     settings = settings_from(args)
     if settings and args.model is None:
         raise ValueError("--set changes a model's settings; it needs --model, not --predictions")
+    if args.model is not None:
+        from self1e.inference.predictor import pick_device
+
+        pick_device(args.device)  # a bad --device fails before the datasets and the model load
 
     started_dist = init_from_env(args.device)
     try:

@@ -14,8 +14,9 @@ def add_parser(sub) -> None:
     p.add_argument("--text", action="append", required=True, metavar="TEXT",
                    help="a referring expression (repeat for several)")
     p.add_argument("--out", required=True, metavar="PATH",
-                   help="mask PNG (0/255); with several --text, a folder of 0.png, 1.png, ...")
-    p.add_argument("--overlay", metavar="PATH", help="also write an overlay picture (a folder with several --text)")
+                   help="mask PNG (0/255, a .png name); with several --text, a folder of 0.png, 1.png, ...")
+    p.add_argument("--overlay", metavar="PATH",
+                   help="also write an overlay picture, any format Pillow writes (a folder with several --text)")
     p.add_argument("--json", metavar="PATH", help="also write the masks as COCO RLE with scores")
     add_device(p)
     add_settings(p)
@@ -26,29 +27,37 @@ def run(args) -> int:
     import numpy as np
     from pycocotools import mask as mask_utils
 
-    from self1e.common.images import to_rgb, write_mask_png
+    from self1e.common.files import check_outputs, write_text_atomic
+    from self1e.common.images import check_mask_path, image_format, save_image, to_rgb, write_mask_png
     from self1e.common.overlay import overlay
     from self1e.inference import Self1ePredictor
+    from self1e.inference.predictor import check_texts, pick_device
 
     texts = [t.strip() for t in args.text]
     for i, t in enumerate(texts):
         if not t:
             raise ValueError(f"--text number {i + 1} is empty")
-    image = to_rgb(args.image)  # fails early, naming the file, before the model loads
-    predictor = Self1ePredictor.from_pretrained(args.model, device=args.device, config=settings_from(args))
-    predictor.set_image(image)
-    results = predictor.predict_batch(texts)
+    check_texts(texts)
 
     def paths(arg: str) -> list[Path]:
         return [Path(arg) / f"{i}.png" for i in range(len(texts))] if len(texts) > 1 else [Path(arg)]
 
-    outs = paths(args.out)
-    overlays = paths(args.overlay) if args.overlay else None
+    # every check that needs no model first: a bad path or option fails before the model loads
+    outs = [check_mask_path(p) for p in paths(args.out)]
+    overlays = paths(args.overlay) if args.overlay else []
+    for p in overlays:
+        image_format(p)
+    check_outputs({"--out": outs, "--overlay": overlays, "--json": [args.json]}, {"--image": [args.image]})
+    pick_device(args.device)
+    image = to_rgb(args.image)  # fails early, naming the file
+    predictor = Self1ePredictor.from_pretrained(args.model, device=args.device, config=settings_from(args))
+    predictor.set_image(image)
+    results = predictor.predict_batch(texts)
+
     for i, r in enumerate(results):
         write_mask_png(r.mask, outs[i])
         if overlays:
-            overlays[i].parent.mkdir(parents=True, exist_ok=True)
-            overlay(image, r.mask, r.text).save(overlays[i])
+            save_image(overlay(image, r.mask, r.text), overlays[i])
         print(f"{r.text!r}: {int(r.mask.sum())} px, score {r.score:.3f} -> {outs[i]}")
     if args.json:
         items = []
@@ -56,7 +65,6 @@ def run(args) -> int:
             rle = mask_utils.encode(np.asfortranarray(r.mask.astype(np.uint8)))
             items.append({"text": r.text, "score": r.score, "area": int(r.mask.sum()),
                           "segmentation": {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}})
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"image": str(args.image), "width": image.width,
-                                               "height": image.height, "results": items}, indent=2) + "\n")
+        write_text_atomic(args.json, json.dumps({"image": str(args.image), "width": image.width,
+                                                 "height": image.height, "results": items}, indent=2) + "\n")
     return 0

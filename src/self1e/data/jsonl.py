@@ -91,9 +91,12 @@ def parse_record(obj: Any, base: Path, path: Path, lineno: int, index: int) -> S
     if isinstance(sid, bool) or not isinstance(sid, (str, int)) or str(sid) == "":
         raise DataError(f"{_where(path, lineno, 'id')}: expected a non-empty string, got {sid!r}")
     kind = _optional_str(obj, "kind", path, lineno)
+    exif = obj.get("exif", True)
+    if not isinstance(exif, bool):
+        raise DataError(f"{_where(path, lineno, 'exif')}: expected true or false, got {exif!r}")
     return Sample(id=str(sid), image=image, text=text, mask=mask, ignore=ignore, kind=kind,
                   question=question, answer=answer, where=f"{path}:{lineno}", instances=inst_paths,
-                  phrases=phrases)
+                  phrases=phrases, exif=exif)
 
 
 def read_jsonl(path: str | Path, skip_bad: bool = False,
@@ -195,6 +198,8 @@ def sample_to_record(sample: Sample, base: Path) -> dict[str, Any]:
             rec["instances"] = [None if p is None else _relative(p, base) for p in sample.instances]
     if sample.kind is not None:
         rec["kind"] = sample.kind
+    if not sample.exif:
+        rec["exif"] = False
     return rec
 
 

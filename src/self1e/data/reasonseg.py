@@ -81,7 +81,7 @@ def read_reasonseg_json(json_path: Path, all_texts: bool = False) -> list[Sample
     mask = _lazy(image, shapes, 1) if targets else None
     ignore = _lazy(image, shapes, 2) if has_ignore else None
     chosen = texts if all_texts else texts[:1]
-    return [Sample(id=f"{json_path.stem}_{i}" if all_texts else json_path.stem, image=image,
+    return [Sample(exif=False, id=f"{json_path.stem}_{i}" if all_texts else json_path.stem, image=image,
                    text=t, mask=mask, ignore=ignore, kind=kind, where=f"{json_path}: text {i}")
             for i, t in enumerate(chosen)]
 

@@ -132,7 +132,7 @@ def load_refer(root: str | Path, dataset: str, split: str, split_by: str | None 
             text = s.get("sent") or s.get("raw") or ""
             if not text.strip():
                 raise DataError(f"{where}: sentence {s.get('sent_id')} has an empty 'sent'")
-            samples.append(Sample(
+            samples.append(Sample(exif=False,
                 id=f"{r['ref_id']}_{s.get('sent_id')}", image=image_dir / image["file_name"],
                 text=text, mask=mask, kind=kind, where=f"{where} sent_id {s.get('sent_id')}",
                 instances=instances))

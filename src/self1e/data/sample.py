@@ -55,6 +55,9 @@ class Sample:
     # ``phrases``, one mask (None: absent) per object of a multi-object request.
     instances: tuple[MaskSource | None, ...] | None = None
     phrases: tuple[str, ...] | None = None
+    # Whether the image file's EXIF orientation applies: yes for your own data (JSONL), no for the
+    # field's datasets, whose annotations are in stored pixel order.
+    exif: bool = True
 
     def __post_init__(self) -> None:
         if self.phrases is not None and (self.instances is None or len(self.instances) != len(self.phrases)):
@@ -71,7 +74,7 @@ class Sample:
 
     def load_image(self) -> Image.Image:
         """The image as RGB."""
-        return self.image() if callable(self.image) else open_image(self.image)
+        return self.image() if callable(self.image) else open_image(self.image, exif=self.exif)
 
     def _load(self, src: MaskSource, size: tuple[int, int], field: str) -> np.ndarray:
         arr = np.asarray(src(), dtype=bool) if callable(src) else read_mask(src)

@@ -79,7 +79,7 @@ def load_semseg(root: str | Path, split: str, classes: Sequence[str] | None = No
         for k in present:
             if k > len(classes):
                 raise DataError(f"{ann}: label {k} but only {len(classes)} class names are known")
-            samples.append(Sample(id=f"{ann.stem}_{k}", image=image,
+            samples.append(Sample(exif=False, id=f"{ann.stem}_{k}", image=image,
                                   text=template.format(classes[k - 1]),
                                   mask=_lazy(ann, lambda m, k=k: m == k), ignore=ignore,
                                   where=f"{ann}: label {k}"))

@@ -43,7 +43,7 @@ def load_llava(json_path: str | Path, image_root: str | Path) -> list[Sample]:
             q, a = _clean(str(human.get("value", ""))), str(gpt.get("value", "")).strip()
             if not q or not a:
                 raise DataError(f"{where}: turn {t}: empty question or answer")
-            samples.append(Sample(id=f"{entry.get('id', n)}_{t // 2}", image=image_root / entry["image"],
+            samples.append(Sample(exif=False, id=f"{entry.get('id', n)}_{t // 2}", image=image_root / entry["image"],
                                   question=q, answer=a, kind="vqa", where=f"{where} turn {t}"))
     if no_image:
         log.info("%s: skipped %d text-only conversations (no image)", json_path, no_image)

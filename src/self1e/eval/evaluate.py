@@ -180,7 +180,7 @@ def _image_size(sample: Sample) -> tuple[int, int]:
     """(width, height) of a sample's image, reading only the header when it is a file."""
     if isinstance(sample.image, (str, Path)):
         try:
-            return image_size(sample.image)
+            return image_size(sample.image, exif=sample.exif)
         except DataError as e:
             raise DataError(f"{sample.where or sample.id}: {e}") from None
     return sample.load_image().size

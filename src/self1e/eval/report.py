@@ -42,6 +42,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from self1e.common.files import write_text_atomic
 from self1e.eval.evaluate import EvalResult
 from self1e.eval.metrics import THRESHOLD_NAMES
 
@@ -216,13 +217,21 @@ def chat_table(chat: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: dict[str, Any], path: str | Path) -> tuple[Path, Path]:
-    """Write ``path`` (JSON) and the markdown table next to it (same stem, ``.md``)."""
+def report_paths(path: str | Path) -> tuple[Path, Path]:
+    """The two files :func:`write_report` writes for ``path``: the JSON itself and the markdown
+    table beside it (same stem, ``.md``; ``report.md`` -> ``report.md.md``, so both are kept)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     md = path.with_suffix(".md")
-    if md == path:  # --out report.md: keep both files
+    if md == path:
         md = path.with_name(path.name + ".md")
-    md.write_text(markdown_table(report), encoding="utf-8")
+    return path, md
+
+
+def write_report(report: dict[str, Any], path: str | Path) -> tuple[Path, Path]:
+    """Write ``path`` (JSON) and the markdown table next to it (:func:`report_paths`), each
+    atomically (a failed write leaves an older report as it was); makes the folder."""
+    path, md = report_paths(path)
+    text, table = json.dumps(report, indent=2) + "\n", markdown_table(report)  # both built before writing
+    write_text_atomic(path, text)
+    write_text_atomic(md, table)
     return path, md

@@ -19,7 +19,7 @@ import torch
 from self1e.common.images import ImageLike
 from self1e.model import ImageFeatures, Self1eConfig, Self1eModel, load_model
 from self1e.model.losses import resize_logits
-from self1e.model.processing import IGNORE_INDEX, IM_END, ImageInput, multi_answer
+from self1e.model.processing import IGNORE_INDEX, IM_END, ImageInput, check_text, multi_answer
 
 
 @dataclass
@@ -62,18 +62,41 @@ def to_result(text: str, logits: torch.Tensor) -> SegmentationResult:
     return SegmentationResult(text, mask, full, score)
 
 
+DEVICE_FORMS = "cpu, cuda, cuda:N (N = 0, 1, ...) or mps"
+
+
 def pick_device(device: str | torch.device | None) -> torch.device:
-    """``None`` -> CUDA when available, else CPU."""
+    """The device to run on: ``None`` -> CUDA when available, else CPU. Anything else must be one of
+    :data:`DEVICE_FORMS` and available on this machine; ValueError otherwise (checked once, here,
+    before a model loads)."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = device if isinstance(device, torch.device) else torch.device(str(device).strip())
+    except (RuntimeError, ValueError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unknown device {str(device)!r}: use {DEVICE_FORMS}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} asked for CUDA, but CUDA is not available on this machine "
+                             "(torch.cuda.is_available() is False); use cpu")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device {str(device)!r}: this machine has {count} CUDA device(s), "
+                             f"cuda:0 to cuda:{count - 1}")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"device {str(device)!r} asked for Apple MPS, which is not available on this machine; use cpu")
+    return dev
 
 
 def check_texts(texts: Sequence[str]) -> list[str]:
+    """The expressions as a list; an empty one, or one longer than ``MAX_TEXT_CHARS``, raises ValueError."""
     texts = list(texts)
     for t in texts:
         if not isinstance(t, str) or not t.strip():
             raise ValueError("empty expression: every text must contain non-space characters")
+        check_text(t, "the expression")
     return texts
 
 

@@ -37,6 +37,25 @@ INFERENCE_ANSWER = "[SEG]."
 MULTI_ANSWER_PREFIXES = ("", "Sure, ", "Sure: ")
 SEG_TOKEN = "[SEG]"
 
+MAX_TEXT_CHARS = 2000
+"""The longest user text, in characters (not bytes, not tokens): an expression, a question or a chat
+message, and each user turn of a chat history. Longer text raises ValueError naming the limit and
+its length, before anything is tokenised. (A user turn may hold an expression wrapped in a question
+template, so user turns get ``TEMPLATE_CHARS`` more.)"""
+TEMPLATE_CHARS = max(len(t.format(x="")) for t in (*SEG_QUESTIONS, SENTENCE_QUESTION))
+"""The most characters a segmentation question template adds around an expression: a user turn may
+hold an expression of ``MAX_TEXT_CHARS`` in its question, so :meth:`Self1eProcessor.prompt` allows
+``MAX_TEXT_CHARS + TEMPLATE_CHARS`` per user turn."""
+
+
+def check_text(text: str, what: str = "the text", limit: int = MAX_TEXT_CHARS) -> str:
+    """``text`` if it has at most ``limit`` characters, else ValueError naming the limit and its length."""
+    if len(text) > limit:
+        extra = f" + {limit - MAX_TEXT_CHARS} for a question template" if limit != MAX_TEXT_CHARS else ""
+        raise ValueError(f"{what} is {len(text):,} characters long; the limit is {limit:,} characters "
+                         f"(MAX_TEXT_CHARS = {MAX_TEXT_CHARS:,}{extra})")
+    return text
+
 
 def multi_answer(phrases: Sequence[str], prefix: str = "") -> str:
     """The answer to a multi-object request: "the red circle is [SEG] and the blue star is [SEG]."."""
@@ -154,8 +173,9 @@ class Self1eProcessor:
 
     # ---- text ---------------------------------------------------------------------------------
     def seg_question(self, text: str, rng: random.Random | None = None) -> str:
-        """A segmentation question for an expression; full sentences get the sentence template."""
-        text = text.strip()
+        """A segmentation question for an expression; full sentences get the sentence template.
+        An expression longer than ``MAX_TEXT_CHARS`` raises ValueError."""
+        text = check_text(text, "the expression").strip()
         if not text:
             raise ValueError("the expression is empty")
         if text[-1] in ".?!" and len(text.split()) > 3:
@@ -192,13 +212,19 @@ class Self1eProcessor:
 
     def prompt(self, question: str, n_tiles: int, history: Sequence[Mapping[str, str]] = ()) -> list[int]:
         """Token ids of a conversation up to the assistant's turn: the image sits in the first user
-        turn; ``history`` holds earlier turns as ``{"role": "user" | "assistant", "content": str}``."""
+        turn; ``history`` holds earlier turns as ``{"role": "user" | "assistant", "content": str}``.
+        Every user turn is checked against ``MAX_TEXT_CHARS + TEMPLATE_CHARS`` characters before
+        anything is tokenised (ValueError)."""
         turns = [*history, {"role": "user", "content": question}]
+        for k, turn in enumerate(turns):
+            if turn["role"] not in ("user", "assistant"):
+                raise ValueError(f"history turn {k}: role must be 'user' or 'assistant', got {turn['role']!r}")
+            if turn["role"] == "user":
+                what = "the message" if k == len(turns) - 1 else f"history turn {k} (user)"
+                check_text(turn["content"], what, MAX_TEXT_CHARS + TEMPLATE_CHARS)
         ids: list[int] = []
         for k, turn in enumerate(turns):
             role, content = turn["role"], turn["content"]
-            if role not in ("user", "assistant"):
-                raise ValueError(f"history turn {k}: role must be 'user' or 'assistant', got {role!r}")
             ids += self._encode(f"{IM_START}{role}\n")
             if k == 0:
                 if role != "user":
