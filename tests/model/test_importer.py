@@ -322,8 +322,25 @@ BREAKERS = {
     "wrong architecture": (lambda s: _edit_config(s, lambda c: c.update(architectures=["LlavaNext"])),
                            r"architectures is \['LlavaNext'\], expected one of \['InternVLChatModel'"),
     "stray tensor": (_add_lora_tensor, r"neither InternVL's.*unmerged LoRA"),
-    "no [SEG] in tokenizer": (lambda s: build_tokenizer().save_pretrained(s), r"tokenizer .* lacks '\[SEG\]'"),
+    "[SEG] inside the vocabulary": (lambda s: _seg_renames_a_word(s), r"\[SEG\] / \[SEGT\] are ids \d+ / \d+ .*inside"),
+    "no tokenizer files": (lambda s: _drop_tokenizer(s), r"no tokenizer files.*Pass --tokenizer DIR.*InternVL3"),
 }
+
+
+def _drop_tokenizer(src):
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (src / name).unlink(missing_ok=True)
+
+
+def _seg_renames_a_word(src):
+    """A tokenizer whose "[SEG]" is an ordinary word of the vocabulary (a wrong tokenizer)."""
+    _drop_tokenizer(src)
+    tok = build_tokenizer()
+    tok.save_pretrained(src)
+    data = json.loads((src / "tokenizer.json").read_text())
+    vocab = data["model"]["vocab"]
+    vocab["[SEG]"] = vocab.pop("zero")
+    (src / "tokenizer.json").write_text(json.dumps(data))
 
 
 @pytest.mark.parametrize("breaker", sorted(BREAKERS))
@@ -357,3 +374,43 @@ def test_tied_source_without_lm_head_gets_an_untied_copy(sharded_bf16, tmp_path)
     model = Self1eModel.from_pretrained(import_authors_checkpoint(src, tmp_path / "out"))
     assert torch.equal(model.base.lm_head.weight, model.base.get_input_embeddings().weight)
     assert model.base.config.tie_word_embeddings is False
+
+
+def _seg_batch_masks(model):
+    with torch.no_grad():
+        return model(seg_batch(model)).mask_logits
+
+
+@pytest.mark.parametrize("extra", [(), ("<video>",), ("<video>", "<box>")])
+def test_tokenizer_from_another_folder_lines_up_seg_with_its_trained_row(sharded_bf16, tmp_path, extra):
+    """The release ships no tokenizer; an InternVL3 tokenizer (-hf ones carry extra tokens such as
+    <video> right after the vocabulary) is passed with --tokenizer: [SEG] must encode to the row the
+    authors trained as [SEG], whatever id the tokenizer gives it."""
+    source, good = sharded_bf16
+    src = tmp_path / "release"
+    shutil.copytree(good, src)
+    _drop_tokenizer(src)
+    with pytest.raises(ValueError, match="--tokenizer"):
+        import_authors_checkpoint(src, tmp_path / "refused")
+    tok = build_tokenizer()
+    tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in extra], special_tokens=True)
+    tok.save_pretrained(tmp_path / "internvl3")
+    assert main(["import-authors", str(src), "--out", str(tmp_path / "ckpt"), "--tokenizer",
+                 str(tmp_path / "internvl3")]) == 0
+    model = Self1eModel.from_pretrained(tmp_path / "ckpt", dtype=torch.bfloat16)
+    rows = source.base.get_input_embeddings().num_embeddings
+    seg, segt = (model.tokenizer.convert_tokens_to_ids(t) for t in ("[SEG]", "[SEGT]"))
+    assert (seg, segt) == (rows - 2 + len(extra), rows - 1 + len(extra))
+    assert model.tokenizer("[SEG]", add_special_tokens=False)["input_ids"] == [seg]
+    theirs = source.base.get_input_embeddings().weight.to(torch.bfloat16)
+    ours = model.base.get_input_embeddings().weight
+    assert torch.equal(ours[seg], theirs[rows - 2]) and torch.equal(ours[segt], theirs[rows - 1])
+    assert torch.equal(ours[: rows - 2], theirs[: rows - 2])
+    head_theirs = source.base.lm_head.weight.to(torch.bfloat16)
+    assert torch.equal(model.base.lm_head.weight[seg], head_theirs[rows - 2])
+    for k in range(len(extra)):  # the tokenizer's own extra tokens get fresh (mean) rows
+        assert torch.allclose(ours[rows - 2 + k].float(), theirs[: rows - 2].float().mean(0), atol=1e-2)
+    source16 = source.to(torch.bfloat16)
+    for a, b in zip(_seg_batch_masks(source16), _seg_batch_masks(model)):
+        assert torch.allclose(a.float(), b.float(), atol=1e-2)
+    source.float()

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+from tokenizers import AddedToken
 
 from self1e.model.config import Self1eConfig
 from self1e.model.processing import IM_END, IM_START, IMG_CONTEXT, IMG_END, IMG_START
@@ -240,18 +241,78 @@ def scan_weights(files: list[Path]) -> dict[str, Path]:
     return where
 
 
-def _check_tokenizer(tokenizer, src: Path, vocab_rows: int) -> int:
-    """The tokenizer must hold InternVL's tokens and [SEG], all within the stored embedding rows."""
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+SEG_TOKENS = ("[SEG]", "[SEGT]")  # the authors add these two, in this order, after the InternVL3 vocabulary
+
+
+def load_source_tokenizer(src: Path, tokenizer_dir: str | Path | None):
+    """The tokenizer to import with: ``tokenizer_dir`` (an InternVL3 checkpoint folder, remote-code or
+    ``-hf``) if given, else the release's own folder, which usually has none."""
+    from transformers import AutoTokenizer, Qwen2Config
+
+    folder = Path(tokenizer_dir) if tokenizer_dir is not None else src
+    if not folder.is_dir():
+        raise ValueError(f"tokenizer folder not found: {folder}")
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        if tokenizer_dir is not None:
+            raise ValueError(f"--tokenizer {folder} has no tokenizer files (expected one of {list(TOKENIZER_FILES)})")
+        raise ValueError(f"{src} has no tokenizer files (the authors' training script saves none). Pass --tokenizer "
+                         "DIR: the folder of the InternVL3 checkpoint the release was trained from (InternVL3-2B for "
+                         "SELF1E-2B; its original remote-code folder or its -hf version); [SEG] and [SEGT] are added "
+                         "to it and checked against the release's embedding rows")
+    try:  # config= keeps it from reading a remote-code config.json (and from offering to run its code)
+        return AutoTokenizer.from_pretrained(folder, config=Qwen2Config(), trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot load the tokenizer in {folder}: {e}") from None
+
+
+def row_sources(tokenizer, rows: int, where: str) -> list[int | None]:
+    """For every id of ``tokenizer``, the embedding row of the release it takes (None: a fresh row).
+
+    The release has ``rows`` = B + 2 rows: the B ids of the InternVL3 vocabulary, then [SEG] (row B)
+    and [SEGT] (row B + 1). [SEG] and [SEGT] are added to the tokenizer when missing, in that order.
+    When the tokenizer carries extra tokens of its own (an ``-hf`` tokenizer's ``<video>`` at id B),
+    [SEG] lands on another id: its trained row B is moved there (and [SEGT]'s likewise), and the
+    extra tokens get fresh rows (the mean of the vocabulary's), so the id that "[SEG]" encodes to is
+    always the row the authors trained as [SEG]. Anything else that cannot line up is refused."""
     vocab = tokenizer.get_vocab()
-    seg = IMPORTED_CONFIG.seg_token
-    for token in (IM_START, IM_END, IMG_START, IMG_END, IMG_CONTEXT, seg):
+    for token in (IM_START, IM_END, IMG_START, IMG_END, IMG_CONTEXT):
         if token not in vocab:
-            hint = " (the authors' checkpoint adds it; is this a SELF1E checkpoint?)" if token == seg else ""
-            raise ValueError(f"the tokenizer in {src} lacks {token!r}{hint}")
-    top = max(vocab.values())
-    if top >= vocab_rows:
-        raise ValueError(f"the tokenizer in {src} has ids up to {top} but the embeddings have only {vocab_rows} rows")
-    return vocab[IMG_CONTEXT]
+            raise ValueError(f"the tokenizer in {where} lacks InternVL's {token!r}: pass --tokenizer with the "
+                             "InternVL3 checkpoint the release was trained from")
+    base = rows - len(SEG_TOKENS)
+    missing = [t for t in SEG_TOKENS if t not in vocab]
+    if missing:
+        tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in missing], special_tokens=True)
+    seg, segt = (tokenizer.convert_tokens_to_ids(t) for t in SEG_TOKENS)
+    for token, token_id in ((IM_START, vocab[IM_START]), (IMG_CONTEXT, vocab[IMG_CONTEXT])):
+        if token_id >= base:
+            raise ValueError(f"{token!r} is id {token_id} in the tokenizer of {where}, past the release's "
+                             f"{base}-token vocabulary (+ [SEG], [SEGT]): this tokenizer does not belong to it")
+    if seg < base or segt < base:
+        raise ValueError(f"[SEG] / [SEGT] are ids {seg} / {segt} in the tokenizer of {where}, inside the release's "
+                         f"{base}-token vocabulary; they must come after it (rows {base} and {base + 1})")
+    sources: list[int | None] = [i if i < base else None for i in range(len(tokenizer))]
+    sources[seg], sources[segt] = base, base + 1
+    extra = [tokenizer.convert_ids_to_tokens(i) for i, v in enumerate(sources) if v is None]
+    if seg != base:
+        log.warning("the tokenizer has %d token(s) of its own after the InternVL3 vocabulary (%s): [SEG] is id %d "
+                    "here, so the release's trained [SEG] row %d is moved to it ([SEGT] to %d); the extra tokens "
+                    "get fresh rows", len(extra), ", ".join(map(str, extra[:5])), seg, base, segt)
+    return sources
+
+
+def remap_rows(tensor: torch.Tensor, sources: list[int | None]) -> torch.Tensor:
+    """The embedding (or LM head) matrix in the tokenizer's id order: row i is ``tensor[sources[i]]``,
+    or the mean of the vocabulary's rows where ``sources[i]`` is None."""
+    if sources == list(range(tensor.shape[0])):
+        return tensor
+    base = tensor.shape[0] - len(SEG_TOKENS)
+    out = tensor[torch.tensor([0 if v is None else v for v in sources])].clone()
+    fresh = [i for i, v in enumerate(sources) if v is None]
+    if fresh:
+        out[fresh] = tensor[:base].float().mean(0).to(tensor.dtype)
+    return out
 
 
 def _stored_dtype(where: dict[str, Path]) -> torch.dtype:
@@ -267,8 +328,10 @@ def _shape(where: dict[str, Path], key: str) -> list[int]:
         return list(st.get_slice(key).get_shape())
 
 
-def write_staging(files: list[Path], where: dict[str, Path], cfg: dict, staging: Path) -> None:
-    """Rename every InternVL tensor shard by shard into ``staging`` (-hf names, same dtype)."""
+def write_staging(files: list[Path], where: dict[str, Path], cfg: dict, staging: Path,
+                  sources: list[int | None] | None = None) -> None:
+    """Rename every InternVL tensor shard by shard into ``staging`` (-hf names, same dtype); the
+    embedding and LM-head rows follow the tokenizer's ids (``sources``, see :func:`row_sources`)."""
     vision_hidden = cfg["vision_config"]["hidden_size"]
     tied = _LM_HEAD not in where
     if tied and not cfg["llm_config"].get("tie_word_embeddings", False):
@@ -286,6 +349,8 @@ def write_staging(files: list[Path], where: dict[str, Path], cfg: dict, staging:
                     tensor = st.get_tensor(key)
                 except (SafetensorError, OSError) as e:
                     raise ValueError(f"{f}: cannot read tensor {key!r} ({e})") from None
+                if key in (_EMBED, _LM_HEAD) and sources is not None:
+                    tensor = remap_rows(tensor, sources)
                 out.update(convert_tensor(key, tensor, vision_hidden))
                 if key == _EMBED and tied:  # a tied source: keep an untied copy, as InternVL3 itself is untied
                     out[_LM_HEAD] = tensor.clone()
@@ -307,14 +372,16 @@ def read_heads(where: dict[str, Path]) -> dict[str, torch.Tensor]:
     return state
 
 
-def import_authors_checkpoint(src: str | Path, out: str | Path, dtype: torch.dtype | str | None = None) -> Path:
+def import_authors_checkpoint(src: str | Path, out: str | Path, dtype: torch.dtype | str | None = None,
+                              tokenizer: str | Path | None = None) -> Path:
     """Convert the authors' released SELF1E checkpoint in ``src`` into a self1e checkpoint in ``out``.
 
     ``dtype``: the weights' dtype in ``out`` (a torch dtype or one of ``DTYPES``); default: as stored.
+    ``tokenizer``: the folder to take the tokenizer from (an InternVL3 checkpoint, remote-code or
+    ``-hf``) when ``src`` has none; [SEG] and [SEGT] are added and lined up with the trained rows.
     The result loads with ``Self1eModel.from_pretrained(out)`` (mask_head 'rfa', bidirectional
     segmentation attention). Raises ValueError naming the file and what was expected on bad input.
     """
-    from transformers import AutoTokenizer, Qwen2Config
 
     src, out = Path(src), Path(out)
     cfg = read_source_config(src)
@@ -330,21 +397,19 @@ def import_authors_checkpoint(src: str | Path, out: str | Path, dtype: torch.dty
     if _LM_HEAD in where and _shape(where, _LM_HEAD)[0] != rows:
         raise ValueError(f"{where[_LM_HEAD]}: {_LM_HEAD} has {_shape(where, _LM_HEAD)[0]} rows but the embeddings "
                          f"have {rows}")
-    try:  # config= keeps it from reading the remote-code config.json (and from offering to run its code)
-        tokenizer = AutoTokenizer.from_pretrained(src, config=Qwen2Config(), trust_remote_code=False)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot load the tokenizer in {src}: {e}") from None
-    image_token_id = _check_tokenizer(tokenizer, src, rows)
+    tokenizer_dir = tokenizer
+    tokenizer = load_source_tokenizer(src, tokenizer_dir)
+    sources = row_sources(tokenizer, rows, str(tokenizer_dir or src))
     if cfg["llm_config"].get("vocab_size", rows) != rows:
         log.info("llm_config.vocab_size is %s; using the %d embedding rows stored",
                  cfg["llm_config"]["vocab_size"], rows)
-    config = build_internvl_config(cfg, rows, image_token_id)
+    config = build_internvl_config(cfg, len(sources), tokenizer.convert_tokens_to_ids(IMG_CONTEXT))
     dtype = dtype or _stored_dtype(where)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.import-", dir=out.parent))
     try:
-        write_staging(files, where, cfg, staging)
+        write_staging(files, where, cfg, staging, sources)
         config.save_pretrained(staging)
         try:
             base = load_base(staging, dtype, "sdpa")
@@ -352,7 +417,7 @@ def import_authors_checkpoint(src: str | Path, out: str | Path, dtype: torch.dty
             raise ValueError(f"the weights converted from {src} do not fit the InternVL model described by its "
                              f"config.json: {e}") from None
         model = Self1eModel(base, tokenizer, IMPORTED_CONFIG)
-        assert base.get_input_embeddings().num_embeddings == rows, "[SEG] was checked to be within the stored rows"
+        assert base.get_input_embeddings().num_embeddings == len(sources), "one row per tokenizer id"
         try:
             model.head.load_state_dict(read_heads(where), strict=True)
         except RuntimeError as e:
@@ -361,5 +426,6 @@ def import_authors_checkpoint(src: str | Path, out: str | Path, dtype: torch.dty
         model.save_pretrained(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log.info("imported %s -> %s ([SEG] id %d, %d vocabulary rows, %s)", src, out, model.seg_token_id, rows, dtype)
+    log.info("imported %s -> %s ([SEG] id %d = trained row %d, %d vocabulary rows, %s)", src, out,
+             model.seg_token_id, sources[model.seg_token_id], len(sources), dtype)
     return out
