@@ -135,6 +135,9 @@ def _report(name: str, samples, problems: list[str]) -> None:
 
 
 def run_check(args) -> int:
+    """Every line's problems (bad lines, duplicate ids, unknown keys, an empty file, undecodable or
+    mis-sized images and masks, non-binary masks) are listed; the exit status is 1 when any is found."""
+    from self1e.common.errors import DataError
     from self1e.data.datasets import load_dataset
     from self1e.data.jsonl import read_jsonl, validate
 
@@ -146,7 +149,10 @@ def run_check(args) -> int:
     for target in targets:
         problems: list[str] = []
         if target.is_file():
-            samples = read_jsonl(target, skip_bad=True, problems=problems)
+            try:
+                samples = read_jsonl(target, skip_bad=True, problems=problems)
+            except DataError as e:  # a problem of the whole file (no samples in it): report it, check the others
+                samples, problems = [], [str(e)]
         else:
             samples = load_dataset(args.path)
         if not args.no_decode:

@@ -16,7 +16,8 @@ def add_parser(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, dotted for nested ones (e.g. lora.r=64); repeatable")
     p.add_argument("--resume", action="store_true",
-                   help="continue from OUT/checkpoints/latest (starts fresh when there is none)")
+                   help="continue from OUT/checkpoints/latest, or without it from the newest complete "
+                        "OUT/checkpoints/step_* (starts fresh when there is none)")
     p.set_defaults(run=run)
 
 

@@ -27,6 +27,12 @@ Rules, the same for every reader:
   (``PIL.ImageOps.exif_transpose``). The orientation is read from the header (for a PNG, an ``eXIf``
   chunk after the pixel data is ignored); a broken EXIF block counts as upright. :func:`read_mask`
   does not rotate: masks are read in stored pixel order, like the field's annotations.
+- **Masks.** :func:`read_mask` has one rule per Pillow mode (:data:`MASK_RULES`): ``1``, ``L``, ``I``,
+  ``I;16*`` (16-bit) and ``F`` (float): a non-zero value is foreground (a NaN in a float mask is an
+  error); ``P`` (palette): a non-zero palette *index* is foreground, whatever colour the palette
+  gives it; ``RGB`` / ``RGBX``: any non-zero colour channel (a dark red ``(1, 0, 0)`` is foreground);
+  ``RGBA``, ``RGBa``, ``LA``, ``La``, ``PA``: as without alpha, except that a fully transparent
+  pixel (alpha 0) is background. Other modes (CMYK, YCbCr, LAB, HSV, ...) are refused.
 """
 from __future__ import annotations
 
@@ -216,21 +222,75 @@ def _to_uint8(arr: np.ndarray, mode: str | None = None) -> np.ndarray:
     return np.clip(a * 255 if top <= 1 else a, 0, 255).astype(np.uint8)
 
 
-def read_mask(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
-    """Read a mask file as a bool (H, W) array in stored pixel order (no EXIF rotation); any
-    non-zero pixel is foreground."""
-    return _read_pixels(path, "mask", max_pixels, _mask_pixels)
+MASK_RULES = {
+    "1, L, I, I;16*, F": "non-zero value",
+    "P": "non-zero palette index",
+    "RGB, RGBX": "any non-zero colour channel",
+    "RGBA, RGBa, LA, La, PA": "as without alpha, and alpha non-zero",
+}
+"""Which pixels :func:`read_mask` takes as foreground, per Pillow mode (see the module docstring)."""
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+_MAX_VALUES_SHOWN = 4
+
+
+def read_mask(path: str | Path, max_pixels: int | None = None, problems: list[str] | None = None) -> np.ndarray:
+    """Read a mask file as a bool (H, W) array in stored pixel order (no EXIF rotation), by the rule
+    of its mode (:data:`MASK_RULES`). With ``problems`` (a list), a note naming the file is appended
+    when the mask is not binary: its foreground pixels do not all hold one value (e.g. a JPEG mask,
+    whose compression blurs the edges into many levels)."""
+    path = Path(path)
+
+    def convert(im: Image.Image) -> np.ndarray:
+        mask, values = _mask_pixels(im, f"mask {path}")
+        if problems is not None:
+            levels = np.unique(values[mask])
+            if len(levels) > 1:
+                shown = ", ".join(_level(v, im.mode) for v in levels[:_MAX_VALUES_SHOWN])
+                more = ", ..." if len(levels) > _MAX_VALUES_SHOWN else ""
+                problems.append(f"mask {path} is not binary: its foreground holds {len(levels)} different "
+                                f"{im.mode} values ({shown}{more}); every non-zero pixel counts as foreground "
+                                "(save masks as 0/255 PNG)")
+        return mask
+
+    return _read_pixels(path, "mask", max_pixels, convert)
+
+
+def _level(value: np.generic, mode: str) -> str:
+    """One packed pixel value of :func:`_mask_pixels` as the mode's bands, e.g. ``(255, 0, 0)``."""
+    if mode in ("F", "1", "L", "P", "I") or mode.startswith("I;16"):
+        return str(value.item())
+    bands = Image.getmodebands(mode)
+    return str(tuple((int(value) >> (8 * c)) & 255 for c in range(bands)))
+
+
+def _mask_pixels(im: Image.Image, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(foreground, values): the rule of :data:`MASK_RULES` applied to an opened image, and each
+    pixel's whole value (the bands packed into one integer) to tell whether the mask is binary."""
+    mode = im.mode
+    if mode in ("1", "L", "P", "I", "F") or mode.startswith("I;16"):
+        arr = np.asarray(im)
+        if mode == "F" and np.isnan(arr).any():
+            raise DataError(f"{what}: a float mask holds NaN values, which are neither foreground nor background")
+        return arr != 0, arr if mode == "F" else arr.astype(np.int64)
+    if mode not in ("RGB", "RGBX") and mode not in _ALPHA_MODES:
+        raise DataError(f"{what}: masks of mode {mode} are not supported (use a 1-, L-, P-, RGB- or RGBA-mode "
+                        "image, e.g. a 0/255 PNG)")
+    arr = np.asarray(im)
+    colour = arr[..., :3] if mode in ("RGB", "RGBX", "RGBA", "RGBa") else arr[..., :1]
+    mask = (colour != 0).any(axis=2)
+    if mode in _ALPHA_MODES:
+        mask &= arr[..., -1] != 0
+    bands = arr[..., :3] if mode == "RGBX" else arr
+    values = np.zeros(mask.shape, dtype=np.int64)
+    for c in range(bands.shape[2]):
+        values |= bands[..., c].astype(np.int64) << (8 * c)
+    return mask, values
 
 
 def _read_pixels(path: str | Path, what: str, max_pixels: int | None, convert: Callable[[Image.Image], T]) -> T:
     with _opened(path, what, max_pixels) as im:
         im.load()
         return convert(im)
-
-
-def _mask_pixels(im: Image.Image) -> np.ndarray:
-    single_band = len(im.getbands()) == 1 and im.mode != "P"  # 1, L, I, I;16*, F: the stored values
-    return np.asarray(im if single_band else im.convert("L")) != 0
 
 
 def check_mask_path(path: str | Path) -> Path:

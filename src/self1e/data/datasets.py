@@ -1,5 +1,8 @@
 """``load_dataset(spec)``: the one entry point that evaluation and training use to get Samples.
 
+A spec that yields no sample at all is an error. A RefShapes ``N`` must be between 1 and
+``MAX_REFSHAPES_SAMPLES`` (10,000,000; the samples are held in memory), checked before anything is generated.
+
 Spec grammar (``ROOT`` is the dataset root folder, laid out as docs/data.md describes)::
 
     PATH.jsonl                                a JSONL file (docs/data.md)
@@ -27,6 +30,7 @@ from self1e.data.refer import load_refer
 from self1e.data.sample import Sample
 
 REFSHAPES = {"refshapes": "refer", "refshapes-vqa": "vqa", "refshapes-multi": "multi"}
+MAX_REFSHAPES_SAMPLES = 10_000_000
 NAMES = (*REFER_DATASETS, "reasonseg", "semseg", "vqa", *REFSHAPES)
 GRAMMAR = __doc__.split("::", 1)[1].rstrip()
 
@@ -46,6 +50,8 @@ def load_dataset(spec: str, kinds: Sequence[str] | None = None) -> list[Sample]:
     """Load the Samples named by ``spec`` (see the module docstring for the grammar). With ``kinds``,
     keep only the samples whose ``kind`` is listed (an error when none is)."""
     samples = _load(spec)
+    if not samples:
+        raise DataError(f"no samples in {spec}")
     if kinds is None:
         return samples
     kept = [s for s in samples if s.kind in kinds]
@@ -73,6 +79,9 @@ def _load(spec: str) -> list[Sample]:
         if not 2 <= len(parts) <= 4 + styled:
             raise _bad(spec, f"expected {name}:SPLIT:N[:SEED[:SIZE[:styled]]]")
         split, n = parts[0], _int(spec, parts[1], "N")
+        if not 1 <= n <= MAX_REFSHAPES_SAMPLES:
+            raise DataError(f"bad dataset spec {spec!r}: N must be between 1 and {MAX_REFSHAPES_SAMPLES:,} "
+                            f"(MAX_REFSHAPES_SAMPLES), got {n:,}")
         seed = _int(spec, parts[2], "SEED") if len(parts) > 2 else 0
         size = _int(spec, parts[3], "SIZE") if len(parts) > 3 else 224
         return list(refshapes_samples(REFSHAPES[name], split, seed, n, size, styled=styled))

@@ -5,6 +5,7 @@ image (that would make loading 100k samples slow); ``validate`` decodes everythi
 """
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 from collections.abc import Iterable, Mapping
@@ -19,6 +20,8 @@ from self1e.data.sample import Sample
 log = logging.getLogger(__name__)
 
 _PATH_FIELDS = ("image", "mask", "ignore")
+KNOWN_KEYS = ("image", "text", "mask", "ignore", "instances", "phrases", "id", "kind", "question", "answer", "exif")
+"""The fields a JSONL line may have (docs/data.md); any other key is an error unless ``allow_unknown_keys``."""
 
 
 def _where(path: Path, lineno: int, field: str | None = None) -> str:
@@ -47,14 +50,30 @@ def _optional_str(obj: Mapping[str, Any], field: str, path: Path, lineno: int) -
     return value
 
 
-def parse_record(obj: Any, base: Path, path: Path, lineno: int, index: int) -> Sample:
+def _check_keys(obj: dict[str, Any], path: Path, lineno: int) -> None:
+    unknown = [k for k in obj if k not in KNOWN_KEYS]
+    if not unknown:
+        return
+    hints = []
+    for k in unknown:
+        close = difflib.get_close_matches(str(k), KNOWN_KEYS, n=1)
+        hints.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    raise DataError(f"{_where(path, lineno)}: unknown field{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; "
+                    f"known fields: {', '.join(KNOWN_KEYS)}")
+
+
+def parse_record(obj: Any, base: Path, path: Path, lineno: int, index: int,
+                 allow_unknown_keys: bool = False) -> Sample:
     """Turn one decoded JSON line into a Sample; raises DataError naming file, line and field.
 
     ``lineno`` counts lines from 1 (for messages); ``index`` is the 0-based index among non-blank
-    lines (the default id).
+    lines (the default id). A key outside :data:`KNOWN_KEYS` (a misspelled ``"msk"``) is an error
+    unless ``allow_unknown_keys``, which ignores such keys.
     """
     if not isinstance(obj, dict):
         raise DataError(f"{_where(path, lineno)}: expected a JSON object, got {type(obj).__name__}")
+    if not allow_unknown_keys:
+        _check_keys(obj, path, lineno)
     image = _file(obj.get("image"), base, path, lineno, "image", required=True)
     text = _optional_str(obj, "text", path, lineno)
     question = _optional_str(obj, "question", path, lineno)
@@ -100,11 +119,13 @@ def parse_record(obj: Any, base: Path, path: Path, lineno: int, index: int) -> S
 
 
 def read_jsonl(path: str | Path, skip_bad: bool = False,
-               problems: list[str] | None = None) -> list[Sample]:
+               problems: list[str] | None = None, allow_unknown_keys: bool = False) -> list[Sample]:
     """Read a JSONL split into Samples (paths relative to the file's folder; absolute accepted).
 
     With ``skip_bad`` a bad line is skipped instead of raising: the count and the reasons are
-    logged as a warning and appended to ``problems`` when a list is given. Duplicate ids are errors.
+    logged as a warning and appended to ``problems`` when a list is given. Duplicate ids are errors;
+    so are keys outside :data:`KNOWN_KEYS` unless ``allow_unknown_keys``. A file without any
+    non-blank line raises DataError ("no samples in FILE"), with or without ``skip_bad``.
     """
     path = Path(path)
     if not path.is_file():
@@ -114,17 +135,24 @@ def read_jsonl(path: str | Path, skip_bad: bool = False,
     skipped: list[str] = []
     seen: dict[str, int] = {}
     index = 0
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
                 continue
             try:
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{_where(path, lineno)}: not UTF-8 text (byte {e.start + 1} of the "
+                                    "line)") from None
+                if lineno == 1:
+                    line = line.removeprefix("\ufeff")  # a byte-order mark some editors write
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise DataError(f"{_where(path, lineno)}: invalid JSON: {e.msg} "
                                     f"(column {e.colno})") from None
-                sample = parse_record(obj, base, path, lineno, index)
+                sample = parse_record(obj, base, path, lineno, index, allow_unknown_keys)
                 if sample.id in seen:
                     raise DataError(f"{_where(path, lineno, 'id')}: duplicate id {sample.id!r} "
                                     f"(first used on line {seen[sample.id]})")
@@ -136,6 +164,8 @@ def read_jsonl(path: str | Path, skip_bad: bool = False,
                 seen[sample.id] = lineno
                 samples.append(sample)
             index += 1
+    if index == 0:
+        raise DataError(f"no samples in {path}: the file is empty or holds only blank lines")
     if skipped:
         log.warning("%s: skipped %d bad line(s):\n  %s", path, len(skipped), "\n  ".join(skipped))
         if problems is not None:
@@ -147,7 +177,8 @@ def validate(samples: Iterable[Sample]) -> list[str]:
     """Decode every image and mask; return a list of problems (empty when all is well).
 
     Checks that images decode, that masks, ignore maps and instance masks decode and match their
-    image's size, and that the instances' union equals the mask.
+    image's size, that mask files are binary (one foreground value: a JPEG mask is not), and that the
+    instances' union equals the mask.
     """
     problems: list[str] = []
     for s in samples:
@@ -155,12 +186,12 @@ def validate(samples: Iterable[Sample]) -> list[str]:
             size = s.load_image().size
             if s.is_vqa:
                 continue
-            mask = s.load_mask(size)
-            s.load_ignore(size)
+            mask = s.load_mask(size, problems)
+            s.load_ignore(size, problems)
             if s.instances:
                 union = np.zeros_like(mask)
                 for k in range(len(s.instances)):
-                    union |= s.load_instance(k, size)
+                    union |= s.load_instance(k, size, problems)
                 if not np.array_equal(union, mask):
                     problems.append(f"{s.where or s.id}: the union of 'instances' differs from 'mask'")
         except DataError as e:

@@ -14,7 +14,8 @@ from PIL import Image
 from self1e.common.errors import DataError
 from self1e.common.images import open_image, read_mask
 
-# A mask is either a PNG path (any non-zero pixel is foreground) or a function that draws it.
+# A mask is either an image path (read by self1e.common.images.read_mask: non-zero = foreground) or a
+# function that draws it.
 MaskSource = str | Path | Callable[[], np.ndarray]
 
 
@@ -76,8 +77,17 @@ class Sample:
         """The image as RGB."""
         return self.image() if callable(self.image) else open_image(self.image, exif=self.exif)
 
-    def _load(self, src: MaskSource, size: tuple[int, int], field: str) -> np.ndarray:
-        arr = np.asarray(src(), dtype=bool) if callable(src) else read_mask(src)
+    def _load(self, src: MaskSource, size: tuple[int, int], field: str,
+              problems: list[str] | None = None) -> np.ndarray:
+        """Mask ``src`` as bool (H, W), checked against the image ``size``; with ``problems``, notes
+        about a file mask that is not binary are appended (naming the sample and field)."""
+        if callable(src):
+            arr = np.asarray(src(), dtype=bool)
+        else:
+            notes: list[str] | None = None if problems is None else []
+            arr = read_mask(src, problems=notes)
+            if notes:
+                problems.extend(f"{self.where or self.id}: field '{field}': {n}" for n in notes)
         if arr.shape != (size[1], size[0]):
             raise DataError(
                 f"{self.where or self.id}: {field} is {arr.shape[1]}x{arr.shape[0]} but the image is "
@@ -85,18 +95,20 @@ class Sample:
             )
         return arr
 
-    def load_mask(self, size: tuple[int, int]) -> np.ndarray:
-        """Ground truth as bool (H, W) for an image of ``size`` = (width, height)."""
+    def load_mask(self, size: tuple[int, int], problems: list[str] | None = None) -> np.ndarray:
+        """Ground truth as bool (H, W) for an image of ``size`` = (width, height); ``problems``: see
+        :meth:`_load`."""
         if self.mask is None:
             return np.zeros((size[1], size[0]), dtype=bool)
-        return self._load(self.mask, size, "mask")
+        return self._load(self.mask, size, "mask", problems)
 
-    def load_instance(self, k: int, size: tuple[int, int]) -> np.ndarray:
+    def load_instance(self, k: int, size: tuple[int, int], problems: list[str] | None = None) -> np.ndarray:
         """Mask ``k`` of ``instances`` as bool (H, W); an absent object's (None) is empty."""
         assert self.instances is not None
         src = self.instances[k]
-        return np.zeros((size[1], size[0]), dtype=bool) if src is None else self._load(src, size, "instances")
+        return (np.zeros((size[1], size[0]), dtype=bool) if src is None
+                else self._load(src, size, "instances", problems))
 
-    def load_ignore(self, size: tuple[int, int]) -> np.ndarray | None:
+    def load_ignore(self, size: tuple[int, int], problems: list[str] | None = None) -> np.ndarray | None:
         """Ignore region as bool (H, W), or None."""
-        return None if self.ignore is None else self._load(self.ignore, size, "ignore")
+        return None if self.ignore is None else self._load(self.ignore, size, "ignore", problems)

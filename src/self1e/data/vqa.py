@@ -3,7 +3,9 @@
 Input: ``[{"id", "image", "conversations": [{"from": "human", "value": "<image>\\n..."},
 {"from": "gpt", "value": "..."}, ...]}]``. Each (human, gpt) turn pair is one Sample with id
 ``<id>_<turn>``; the ``<image>`` placeholder is removed from the question (the processor adds its
-own image tokens). Entries without an image are skipped and counted in a log message.
+own image tokens). Entries without an image are skipped and counted in a log message; a malformed
+turn (not an object, out of human/gpt order, a non-string or empty value, an unpaired last turn) is a
+DataError naming the entry and the turn.
 """
 from __future__ import annotations
 
@@ -18,6 +20,22 @@ log = logging.getLogger(__name__)
 
 def _clean(question: str) -> str:
     return question.replace("<image>", "").strip()
+
+
+def _check_turns(turns: list, where: str) -> None:
+    """A conversation is (human, gpt) pairs: each turn an object with 'from' and a string 'value'."""
+    if not turns or len(turns) % 2:
+        raise DataError(f"{where}: field 'conversations': {len(turns)} turns; expected (human, gpt) pairs "
+                        "(a non-zero, even number of turns)")
+    for t, turn in enumerate(turns):
+        speaker = "human" if t % 2 == 0 else "gpt"
+        if not isinstance(turn, dict):
+            raise DataError(f"{where}: turn {t}: expected an object with 'from' and 'value', got {turn!r:.80}")
+        if turn.get("from") != speaker:
+            raise DataError(f"{where}: turn {t}: field 'from': expected {speaker!r} (turns alternate human, gpt), "
+                            f"got {turn.get('from')!r:.80}")
+        if not isinstance(turn.get("value"), str):
+            raise DataError(f"{where}: turn {t}: field 'value': expected a string, got {turn.get('value')!r:.80}")
 
 
 def load_llava(json_path: str | Path, image_root: str | Path) -> list[Sample]:
@@ -35,14 +53,14 @@ def load_llava(json_path: str | Path, image_root: str | Path) -> list[Sample]:
         if not entry.get("image"):
             no_image += 1
             continue
+        if not isinstance(entry["image"], str):
+            raise DataError(f"{where}: field 'image': expected a file path string, got {entry['image']!r}")
         turns = entry["conversations"]
-        for t in range(0, len(turns) - 1, 2):
-            human, gpt = turns[t], turns[t + 1]
-            if human.get("from") != "human" or gpt.get("from") != "gpt":
-                raise DataError(f"{where}: turn {t}: expected a human turn followed by a gpt turn")
-            q, a = _clean(str(human.get("value", ""))), str(gpt.get("value", "")).strip()
+        _check_turns(turns, where)
+        for t in range(0, len(turns), 2):
+            q, a = _clean(turns[t]["value"]), turns[t + 1]["value"].strip()
             if not q or not a:
-                raise DataError(f"{where}: turn {t}: empty question or answer")
+                raise DataError(f"{where}: turn {t if not q else t + 1}: empty {'question' if not q else 'answer'}")
             samples.append(Sample(exif=False, id=f"{entry.get('id', n)}_{t // 2}", image=image_root / entry["image"],
                                   question=q, answer=a, kind="vqa", where=f"{where} turn {t}"))
     if no_image:

@@ -54,9 +54,19 @@ class ChatResponse:
         return [s.mask for s in self.segments]
 
 
+def check_finite_logits(logits: torch.Tensor) -> torch.Tensor:
+    """``logits`` if every value is finite; NaN or inf mask logits (which would threshold to a
+    silently empty or full mask) raise ValueError: the model's weights are broken."""
+    if not bool(torch.isfinite(logits).all()):
+        raise ValueError("the model produced non-finite mask logits (NaN or inf), so its masks would be meaningless: "
+                         "check its weights (e.g. for NaN / inf from a diverged training run)")
+    return logits
+
+
 def to_result(text: str, logits: torch.Tensor) -> SegmentationResult:
-    """Full-size logits (H, W) -> a result, threshold 0."""
-    full = logits.float().cpu().numpy()
+    """Full-size logits (H, W) -> a result, threshold 0; non-finite logits raise ValueError
+    (:func:`check_finite_logits`)."""
+    full = check_finite_logits(logits).float().cpu().numpy()
     mask = full > 0
     score = float(torch.sigmoid(torch.from_numpy(full[mask])).mean()) if mask.any() else 0.0
     return SegmentationResult(text, mask, full, score)
@@ -155,11 +165,11 @@ class Self1ePredictor:
     def predict_torch(self, texts: Sequence[str], original_size: bool = True) -> torch.Tensor:
         """Mask logits of the current image for each text, one batched pass. (N, H, W) float32 on
         the model's device: at the image's original size (bilinear; mask = logits > 0), or at the
-        head's output grid with ``original_size=False``."""
+        head's output grid with ``original_size=False``. Non-finite logits raise ValueError."""
         image, feats = self._current()
         texts = check_texts(texts)
         batch = self.processor.segmentation_batch([image], texts, [0] * len(texts)).to(self.device, self.model.dtype)
-        logits = torch.stack(self.model(batch, image_features=feats).mask_logits).float()
+        logits = check_finite_logits(torch.stack(self.model(batch, image_features=feats).mask_logits).float())
         return resize_logits(logits, (image.size[1], image.size[0])) if original_size else logits
 
     def predict(self, text: str) -> SegmentationResult:

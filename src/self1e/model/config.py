@@ -2,12 +2,18 @@
 from __future__ import annotations
 
 import json
+import math
+import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 MASK_HEADS = ("compressed", "hq", "rfr", "rfa")
 SEG_ATTENTIONS = ("causal", "bidirectional")
 CONFIG_NAME = "self1e_config.json"
+MAX_TILES = 64  # InternVL uses up to 12 (40 at most); the tile search is quadratic in this
+MAX_LOSS_SHORT_SIDE = 4096
+_KINDS = {str: "a string", int: "a whole number", float: "a number", bool: "true or false"}
 
 
 @dataclass(frozen=True)
@@ -27,18 +33,39 @@ class Self1eConfig:
     use_thumbnail: bool = True  # with several tiles, also feed InternVL's global thumbnail tile to the LLM
 
     def __post_init__(self) -> None:
+        """Every field is checked by type (an int is taken for a float field) and range; a ValueError
+        names the field."""
+        for name, tp in typing.get_type_hints(type(self)).items():
+            value = getattr(self, name)
+            ok = isinstance(value, tp) and not (tp is int and isinstance(value, bool))
+            if tp is float and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, name, float(value))
+                ok = True
+            if not ok:
+                raise ValueError(f"SELF1E setting '{name}': expected {_KINDS[tp]}, got {value!r}")
         if self.mask_head not in MASK_HEADS:
-            raise ValueError(f"mask_head must be one of {MASK_HEADS}, got {self.mask_head!r}")
+            raise ValueError(f"SELF1E setting 'mask_head' must be one of {MASK_HEADS}, got {self.mask_head!r}")
         if self.seg_attention not in SEG_ATTENTIONS:
-            raise ValueError(f"seg_attention must be one of {SEG_ATTENTIONS}, got {self.seg_attention!r}")
-        if self.max_tiles < 1:
-            raise ValueError(f"max_tiles must be >= 1, got {self.max_tiles}")
+            raise ValueError(f"SELF1E setting 'seg_attention' must be one of {SEG_ATTENTIONS}, "
+                             f"got {self.seg_attention!r}")
+        if not self.seg_token.strip():
+            raise ValueError("SELF1E setting 'seg_token' must not be empty")
+        for name in ("ce_weight", "bce_weight", "dice_weight", "aux_weight"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"SELF1E setting '{name}' must be a finite number >= 0, got {getattr(self, name)}")
+        if not 1 <= self.max_tiles <= MAX_TILES:
+            raise ValueError(f"SELF1E setting 'max_tiles' must be between 1 and {MAX_TILES}, got {self.max_tiles}")
+        if not 1 <= self.loss_short_side <= MAX_LOSS_SHORT_SIDE:
+            raise ValueError(f"SELF1E setting 'loss_short_side' must be between 1 and {MAX_LOSS_SHORT_SIDE}, "
+                             f"got {self.loss_short_side}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> Self1eConfig:
+    def from_dict(cls, d: Any) -> Self1eConfig:
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a mapping of SELF1E settings, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -71,8 +98,17 @@ class Self1eConfig:
 
     @classmethod
     def load(cls, directory: str | Path) -> Self1eConfig:
+        """The settings in ``directory/self1e_config.json``; any error names the file (and the field)."""
         path = Path(directory, CONFIG_NAME)
         try:
-            return cls.from_dict(json.loads(path.read_text()))
+            data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON ({e})") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not UTF-8 text") from None
+        except OSError as e:
+            raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
+        try:
+            return cls.from_dict(data)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None

@@ -23,7 +23,7 @@ from tokenizers import AddedToken
 from self1e.model.config import Self1eConfig
 from self1e.model.processing import IM_END, IM_START, IMG_CONTEXT, IMG_END, IMG_START
 from self1e.model.self1e import Self1eModel
-from self1e.model.weights import load_base
+from self1e.model.weights import PICKLE_SUFFIXES, load_base
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ def weight_files(src: Path) -> list[Path]:
         return files
     if (src / "model.safetensors").is_file():
         return [src / "model.safetensors"]
-    pickled = sorted(p.name for p in src.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
+    pickled = sorted(p.name for p in src.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
     if pickled:
         raise ValueError(f"{src} has only pickle weights {pickled[:3]}; they are never unpickled here. Convert them to "
                          "safetensors first (model.safetensors, or shards with model.safetensors.index.json)")

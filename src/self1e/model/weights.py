@@ -3,11 +3,19 @@ checks, clear errors. Knows nothing of :class:`Self1eModel` (which builds on it)
 
 A self1e checkpoint folder = an InternVL ``-hf`` folder (config.json, model.safetensors, tokenizer
 files) + ``self1e_config.json`` + ``mask_head.safetensors``. ``default`` names the shipped model.
+
+Rules: ``config.json`` must be a JSON object of an ``internvl`` model whose fields have the right
+types and whose sizes are positive (errors name the file and the field); weights are read from
+safetensors only (a folder with only pickle weights, ``pytorch_model.bin`` / ``*.pt`` / ..., is
+refused before anything is loaded: a pickle can run code); the tokenizer of a self1e checkpoint
+must already hold its segmentation token (a plain InternVL folder gets it added by the model).
 """
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -18,6 +26,15 @@ from self1e.model.config import CONFIG_NAME, Self1eConfig
 from self1e.model.tiny import TINY_SPECS
 
 HEAD_WEIGHTS = "mask_head.safetensors"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+# Sizes in config.json that must be positive whole numbers (per sub-config; "" is the top level).
+POSITIVE_FIELDS = {
+    "": ("image_seq_length",),
+    "text_config": ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                    "num_key_value_heads", "max_position_embeddings"),
+    "vision_config": ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
+                      "patch_size"),
+}
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_model"
 TINY_PREFIX = "tiny:"
 
@@ -48,20 +65,90 @@ def saved_settings(path: Path) -> Self1eConfig | None:
     return Self1eConfig.load(path) if (path / CONFIG_NAME).is_file() else None
 
 
-def load_base(path: Path, dtype: torch.dtype | None, attn_implementation: str):
-    """The InternVL model of a folder, loaded strictly (missing / unexpected / mismatched keys are errors)."""
-    from transformers import InternVLConfig, InternVLForConditionalGeneration
+def _field_path(raw: dict[str, Any], name: str, message: str) -> str:
+    """The dotted place of field ``name`` in a config.json; where several sub-configs have it, the
+    one whose value the error ``message`` quotes."""
+    places = [(name, raw[name])] if name in raw else []
+    places += [(f"{sub}.{name}", node[name]) for sub, node in raw.items() if isinstance(node, dict) and name in node]
+    quoted = [(p, value) for p, value in places if f"(value: {value!r})" in message]
+    chosen = quoted or places
+    return " or ".join(p for p, _ in chosen) if chosen else name
+
+
+def _check_sizes(config, file: Path) -> None:
+    for sub, names in POSITIVE_FIELDS.items():
+        node = getattr(config, sub) if sub else config
+        for name in names:
+            value = getattr(node, name, None)
+            values = value if isinstance(value, (list, tuple)) else [value]
+            if value is not None and not all(type(v) is int and v > 0 for v in values):
+                where = f"{sub}.{name}" if sub else name
+                raise ValueError(f"{file}: field '{where}' must be a positive whole number, got {value!r}")
+    vocab, token = config.text_config.vocab_size, config.image_token_id
+    if type(token) is not int or not 0 <= token < vocab:
+        raise ValueError(f"{file}: field 'image_token_id' must be a token id below text_config.vocab_size "
+                         f"({vocab}), got {token!r}")
+
+
+def load_internvl_config(path: Path):
+    """The checked InternVL config of a model folder (see the module docstring); ValueError names
+    ``config.json`` and the field."""
+    from transformers import InternVLConfig
 
     try:
-        config = InternVLConfig.from_pretrained(path)
-    except (OSError, ValueError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path / 'config.json'}: not a valid InternVL config ({e})") from None
-    if config.model_type != "internvl":
-        raise ValueError(f"{path}: model_type is {config.model_type!r}, expected 'internvl' "
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:  # an older huggingface_hub: transformers raises TypeError / ValueError itself
+        StrictDataclassError = TypeError  # noqa: N806
+    file = path / "config.json"
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{file}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise ValueError(f"cannot read {file}: {e.strerror or e}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{file}: expected a JSON object of config fields, got {type(raw).__name__}")
+    if raw.get("model_type") != "internvl":
+        raise ValueError(f"{file}: field 'model_type' is {raw.get('model_type')!r}, expected 'internvl' "
                          "(a transformers -hf checkpoint)")
+    for sub in ("text_config", "vision_config"):
+        if not isinstance(raw.get(sub), dict):
+            raise ValueError(f"{file}: field '{sub}': expected an object of fields, got {raw.get(sub)!r:.80}")
+    try:
+        config = InternVLConfig.from_pretrained(path)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, StrictDataclassError) as e:
+        message = " ".join(str(e).split())
+        named = re.search(r"field '(\w+)'", message)
+        where = f"field '{_field_path(raw, named.group(1), message)}': " if named else ""
+        raise ValueError(f"{file}: not a valid InternVL config: {where}{message}") from None
+    _check_sizes(config, file)
+    return config
+
+
+def check_weight_files(path: Path) -> None:
+    """A folder must hold its base weights as safetensors; one with only pickle weights
+    (``pytorch_model.bin``, ``*.pt``, ...) is refused without opening them."""
+    if any(p.name != HEAD_WEIGHTS for p in path.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickles:
+        raise ValueError(f"{path} holds its weights only as pickle files ({', '.join(pickles[:3])}), which are "
+                         "never loaded: a pickle can run any code. Convert them to safetensors (save_pretrained "
+                         "with safe_serialization=True, in an environment you trust)")
+    raise ValueError(f"{path}: no model.safetensors (the weights must be in safetensors files)")
+
+
+def load_base(path: Path, dtype: torch.dtype | None, attn_implementation: str):
+    """The InternVL model of a folder, loaded strictly (missing / unexpected / mismatched keys are
+    errors) from safetensors only."""
+    from transformers import InternVLForConditionalGeneration
+
+    config = load_internvl_config(path)
+    check_weight_files(path)
     try:
         base, info = InternVLForConditionalGeneration.from_pretrained(
-            path, dtype=dtype or torch.float32, attn_implementation=attn_implementation, output_loading_info=True)
+            path, config=config, dtype=dtype or torch.float32, attn_implementation=attn_implementation,
+            output_loading_info=True, use_safetensors=True)
     except (OSError, RuntimeError, SafetensorError, ValueError) as e:
         raise ValueError(f"cannot load the weights in {path}: {e}") from None
     missing = [k for k in info.get("missing_keys", []) if not (k == "lm_head.weight" and config.tie_word_embeddings)]
@@ -72,13 +159,26 @@ def load_base(path: Path, dtype: torch.dtype | None, attn_implementation: str):
     return base
 
 
-def load_tokenizer(path: Path):
+def load_tokenizer(path: Path, require_seg_token: bool | None = None):
+    """The folder's tokenizer. With ``require_seg_token`` (default: when the folder is a self1e
+    checkpoint, i.e. has ``self1e_config.json``) it must already hold the checkpoint's segmentation
+    token: the mask head was trained on that token, and a fresh one would be untrained. A plain
+    InternVL folder's tokenizer gets the token added by the model."""
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as e:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError, KeyError) as e:
         raise ValueError(f"cannot load the tokenizer in {path}: {e}") from None
+    settings = saved_settings(path)
+    required = settings is not None if require_seg_token is None else require_seg_token
+    if required:
+        seg = (settings or Self1eConfig()).seg_token
+        if seg not in tokenizer.get_vocab():
+            raise ValueError(f"{path} is a self1e checkpoint, but its tokenizer has no {seg!r} token (the one the "
+                             f"mask head was trained on): the tokenizer files do not belong to it. (A plain InternVL "
+                             f"folder, without {CONFIG_NAME}, gets a new {seg}.)")
+    return tokenizer
 
 
 def load_head(head: nn.Module, path: Path, mask_head: str) -> None:

@@ -9,6 +9,7 @@ run, and loading that file gives the same config back.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Sequence
@@ -35,6 +36,12 @@ class DataSpec:
     ratio: float = 1.0  # relative sampling weight in the mix (any positive number)
     kinds: tuple[str, ...] | None = None  # keep only samples whose `kind` is listed (None: all)
 
+    def __post_init__(self) -> None:
+        if not self.spec.strip():
+            raise ValueError("config key 'data': a dataset spec is empty")
+        if not (math.isfinite(self.ratio) and self.ratio > 0):
+            raise ValueError(f"config key 'data' ({self.spec}): ratio must be a finite number > 0, got {self.ratio}")
+
 
 @dataclass(frozen=True)
 class LoraSettings:
@@ -49,6 +56,12 @@ class LoraSettings:
     # Modules of the base model (names relative to InternVLForConditionalGeneration) trained in full
     # next to the adapters ("modules_to_save"); the SELF1E mask head always trains in full.
     train_full: tuple[str, ...] = ("model.multi_modal_projector", "lm_head", "model.language_model.embed_tokens")
+
+    def __post_init__(self) -> None:
+        if self.r < 1 or self.alpha < 1:
+            raise ValueError(f"config keys 'lora.r' and 'lora.alpha' must be >= 1, got {self.r} and {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"config key 'lora.dropout' must be in [0, 1), got {self.dropout}")
 
 
 @dataclass(frozen=True)
@@ -93,6 +106,11 @@ class TrainConfig:
     out: str = "runs/self1e"  # output folder (the CLI's --out overrides it)
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # inf / NaN in any float (lr=inf would train to NaN weights)
+            value = getattr(self, f.name)
+            for x in value if isinstance(value, tuple) else (value,):
+                if isinstance(x, float) and not math.isfinite(x):
+                    raise ValueError(f"config key '{f.name}' must be a finite number, got {value}")
         positive = ("eval_batch_size", "batch_size", "expressions_per_image", "grad_accum")
         for name in positive:
             if getattr(self, name) < 1:
@@ -109,6 +127,13 @@ class TrainConfig:
             raise ValueError(f"config key 'max_steps' must be >= 1, got {self.max_steps}")
         if not self.lr > 0:
             raise ValueError(f"config key 'lr' must be > 0, got {self.lr}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"config key 'betas' must be two numbers in [0, 1), got {list(self.betas)}")
+        for name in ("image_size", "stop_at"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"config key '{name}' must be >= 1 or null, got {getattr(self, name)}")
+        if self.max_minutes is not None and self.max_minutes < 0:
+            raise ValueError(f"config key 'max_minutes' must be >= 0 or null, got {self.max_minutes}")
         if self.attn_implementation not in ("sdpa", "eager"):
             raise ValueError("config key 'attn_implementation' must be sdpa or eager, "
                              f"got {self.attn_implementation!r}")

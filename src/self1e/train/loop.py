@@ -4,6 +4,10 @@ DDP under ``accelerate launch``; DeepSpeed / FSDP through accelerate configs, un
 :func:`start_run` builds everything (accelerator, model, data, optimizer, checkpointer) and restores
 a checkpoint when resuming; :func:`train` runs the step loop: set LR, forward, backward, clip, step,
 log, evaluate, save, stop. Periodic validation goes through ``self1e.eval``.
+
+A run that diverges stops with a ValueError naming the step, never writing NaN weights: a non-finite
+loss is caught before its backward pass, a non-finite gradient norm before the optimizer step, and
+the trained weights are checked before every checkpoint and before the final export.
 """
 from __future__ import annotations
 
@@ -97,6 +101,7 @@ class Run:
     val_samples: list | None
 
     def save(self) -> Path:
+        check_finite_weights(self, "checkpoint")
         state = {"step": self.step, "data": self.batches.state_dict(), "world_size": self.acc.num_processes,
                  "total_steps": self.total}
         return self.checkpointer.save(self.step, self.model, self.optimizer, self.scheduler, state)
@@ -152,45 +157,52 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     data = iter(run.batches)
     bar = tqdm(total=run.total, initial=run.step, desc="train", unit="step", disable=not acc.is_local_main_process)
     start, sums, n_sum, ema, evaluated_at = time.time(), dict.fromkeys(LOSSES, 0.0), 0, None, -1
-    while run.step < run.total:
-        lr = run.scheduler.get_last_lr()[0]
-        for _ in range(cfg.grad_accum):
-            batch = next(data).to(acc.device)
-            with acc.accumulate(model):
-                result = model(batch)
-                acc.backward(result.loss)
-                if acc.sync_gradients and cfg.grad_clip > 0:
-                    acc.clip_grad_norm_(run.trainable, cfg.grad_clip)
-                run.optimizer.step()
-                run.optimizer.zero_grad(set_to_none=True)
-            for k in LOSSES:
-                v = getattr(result, k)
-                sums[k] += 0.0 if v is None else float(v.detach()) / cfg.grad_accum
-        run.scheduler.step()
-        run.step += 1
-        n_sum += 1
-        ema = sums["loss"] / n_sum if ema is None else 0.9 * ema + 0.1 * float(result.loss.detach())
-        bar.update(1)
-        if run.step % cfg.log_every == 0 or run.step == run.total:
-            metrics.write({"step": run.step, **mean_losses(acc, sums, n_sum), "lr": lr,
-                           "time": round(time.time() - start, 3)})
-            bar.set_postfix(loss=f"{ema:.4f}", lr=f"{lr:.2e}")
-            sums, n_sum = dict.fromkeys(LOSSES, 0.0), 0
-        if run.val_samples is not None and cfg.eval_every and run.step % cfg.eval_every == 0:
-            metrics.write({"step": run.step, **validate(acc, model, run.val_samples, cfg)})
-            evaluated_at = run.step
-        stop = (cfg.stop_at is not None and run.step >= cfg.stop_at) or (
-            cfg.max_minutes is not None and any_rank(time.time() - start >= 60 * cfg.max_minutes, acc.device))
-        if (cfg.save_every and run.step % cfg.save_every == 0) or stop or run.step == run.total:
-            run.save()
-        if stop:
-            if acc.is_main_process:
-                log.info("stopping cleanly at step %d of %d (stop_at / max_minutes)", run.step, run.total)
-            break
-    bar.close()
+    try:  # the bar ends its line on an error too, so the message starts on its own
+        while run.step < run.total:
+            lr = run.scheduler.get_last_lr()[0]
+            for _ in range(cfg.grad_accum):
+                batch = next(data).to(acc.device)
+                with acc.accumulate(model):
+                    result = model(batch)
+                    if result.loss is not None:
+                        stop_if_not_finite(run, result.loss.detach(), "loss", lr)
+                    acc.backward(result.loss)
+                    if acc.sync_gradients and cfg.grad_clip > 0:
+                        norm = acc.clip_grad_norm_(run.trainable, cfg.grad_clip)
+                        if norm is not None:
+                            stop_if_not_finite(run, torch.as_tensor(norm).detach(), "gradient norm", lr)
+                    run.optimizer.step()
+                    run.optimizer.zero_grad(set_to_none=True)
+                for k in LOSSES:
+                    v = getattr(result, k)
+                    sums[k] += 0.0 if v is None else float(v.detach()) / cfg.grad_accum
+            run.scheduler.step()
+            run.step += 1
+            n_sum += 1
+            ema = sums["loss"] / n_sum if ema is None else 0.9 * ema + 0.1 * float(result.loss.detach())
+            bar.update(1)
+            if run.step % cfg.log_every == 0 or run.step == run.total:
+                metrics.write({"step": run.step, **mean_losses(acc, sums, n_sum), "lr": lr,
+                               "time": round(time.time() - start, 3)})
+                bar.set_postfix(loss=f"{ema:.4f}", lr=f"{lr:.2e}")
+                sums, n_sum = dict.fromkeys(LOSSES, 0.0), 0
+            if run.val_samples is not None and cfg.eval_every and run.step % cfg.eval_every == 0:
+                metrics.write({"step": run.step, **validate(acc, model, run.val_samples, cfg)})
+                evaluated_at = run.step
+            stop = (cfg.stop_at is not None and run.step >= cfg.stop_at) or (
+                cfg.max_minutes is not None and any_rank(time.time() - start >= 60 * cfg.max_minutes, acc.device))
+            if (cfg.save_every and run.step % cfg.save_every == 0) or stop or run.step == run.total:
+                run.save()
+            if stop:
+                if acc.is_main_process:
+                    log.info("stopping cleanly at step %d of %d (stop_at / max_minutes)", run.step, run.total)
+                break
+    finally:
+        bar.close()
     if run.val_samples is not None and evaluated_at != run.step:
         metrics.write({"step": run.step, **validate(acc, model, run.val_samples, cfg)})
     metrics.close()
+    check_finite_weights(run, "final model")
     final = export_final(acc, run.sharding, model, cfg, Path(cfg.out))
     # Release the DDP wrapper (its reducer holds the process group) while every rank is still alive:
     # freed after destroy_process_group, gloo's teardown can hang waiting for a peer that has exited.
@@ -199,6 +211,30 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     acc.wait_for_everyone()
     acc.end_training()
     return final
+
+
+def stop_if_not_finite(run: Run, value: torch.Tensor, what: str, lr: float) -> None:
+    """Raise ValueError on every rank when ``value`` (a loss or a gradient norm of step
+    ``run.step + 1``) is NaN or inf on any rank; nothing of that step reaches the weights."""
+    if not any_rank(not bool(torch.isfinite(value).all()), run.acc.device):
+        return
+    shown = float(value) if value.numel() == 1 else "not finite"
+    try:
+        last = ckpt.latest_checkpoint(run.cfg.out)
+    except ValueError:  # no usable checkpoint: say so, the divergence is the error to report
+        last = None
+    kept = f"last checkpoint: {last}" if last is not None else "no checkpoint yet"
+    raise ValueError(f"step {run.step + 1} of {run.total}: the {what} is {shown} (not finite): the run diverged, or "
+                     "the data or the model is broken. Stopped before it reached the weights, without writing a "
+                     f"final model ({kept}). Lower lr (now {lr:g}) or check the data and the model's weights")
+
+
+def check_finite_weights(run: Run, what: str) -> None:
+    """Raise ValueError (on every rank) instead of writing ``what`` when a trained weight is NaN or inf."""
+    bad = any(not bool(torch.isfinite(p.detach()).all()) for p in run.trainable)
+    if any_rank(bad, run.acc.device):
+        raise ValueError(f"step {run.step}: the trained weights hold NaN or inf values (the run diverged); not "
+                         f"writing the {what}. Lower lr (now {run.cfg.lr:g}) or resume from an earlier checkpoint")
 
 
 def mean_losses(acc: Accelerator, sums: dict[str, float], n: int) -> dict[str, float]:

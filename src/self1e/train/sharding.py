@@ -12,7 +12,7 @@ from self1e.train import checkpoint as ckpt
 from self1e.train.config import TrainConfig
 from self1e.train.setup import build_model, configure_trainable
 
-SHARDED_STATE = "sharded_state"  # accelerate.save_state folder under DeepSpeed / FSDP
+SHARDED_STATE = ckpt.SHARDED_STATE
 
 
 class Sharding:
@@ -59,7 +59,7 @@ class Sharding:
     def load(self, path: Path, optimizer, scheduler) -> None:
         if self.state_sharded:
             self.acc.load_state(str(path / SHARDED_STATE))
-            scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+            ckpt.load_scheduler(path, scheduler)
         else:
             ckpt.load_optimizer_and_scheduler(path, optimizer, scheduler)
 
