@@ -390,3 +390,30 @@ def test_a_file_in_the_way_of_a_folder_is_named(tmp_path, writer):
     with pytest.raises(OSError, match=f"cannot create the folder {tmp_path / 'blocker'}"):
         WRITERS[writer](tmp_path / "blocker")
     assert (tmp_path / "blocker").read_text() == "a file"
+
+
+def test_an_interrupted_overlay_write_in_eval_keeps_the_old_picture(tmp_path, monkeypatch):
+    """Eval's overlay pictures go through the atomic writer too: a write that dies half-way leaves
+    the picture of an earlier run as it was, and no temporary file behind."""
+    from PIL import Image as PILImage
+
+    from self1e.data.datasets import load_dataset
+    from self1e.eval.evaluate import FolderSource, evaluate
+
+    samples = load_dataset("refshapes:test:1:3:64")
+    preds = tmp_path / "p"
+    preds.mkdir()
+    draw = tmp_path / "draw"
+    evaluate(FolderSource(preds), samples, overlays=1, overlay_dir=draw, progress=False)
+    (picture,) = draw.iterdir()
+    before = picture.read_bytes()
+
+    def dies(self, fp, *args, **kwargs):
+        with open(fp, "wb") as f:
+            f.write(b"partial")
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(PILImage.Image, "save", dies)
+    with pytest.raises(OSError, match="disk full"):
+        evaluate(FolderSource(preds), samples, overlays=1, overlay_dir=draw, progress=False)
+    assert picture.read_bytes() == before and sorted(draw.iterdir()) == [picture]

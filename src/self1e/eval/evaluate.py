@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from self1e.common.distributed import rank_world
 from self1e.common.errors import DataError
-from self1e.common.images import image_size, read_mask, write_mask_png
+from self1e.common.images import image_size, read_mask, save_image, write_mask_png
 from self1e.common.overlay import overlay
 from self1e.data.sample import Sample
 from self1e.eval.metrics import IoUAccumulator
@@ -305,8 +305,8 @@ def _run_shard(
                     write_mask_png(pred, save_dir / mask_filename(s.id))
             if draw_dir is not None and it.index < overlays:
                 image = it.image if it.image is not None else s.load_image()
-                overlay(image, pred, s.text, gt=s.load_mask(it.size)).save(
-                    draw_dir / f"{it.index:05d}_{mask_filename(s.id)}")
+                save_image(overlay(image, pred, s.text, gt=s.load_mask(it.size)),
+                           draw_dir / f"{it.index:05d}_{mask_filename(s.id)}")
         bar.update(len(items))
         if acc.ciou is not None:
             bar.set_postfix(cIoU=f"{100 * acc.ciou:.2f}")
