@@ -143,3 +143,13 @@ def test_training_rows_of_a_multi_object_request():
     model.train()
     out = model(batch)
     assert out.mask_loss is not None and out.lm_loss is not None and len(out.mask_logits) == n_phrases
+
+
+def test_a_phrase_that_spells_seg_adds_no_seg(model):
+    """Dataset phrases are text: "[SEG]" inside one must not become a second segmentation token."""
+    p = model.processor
+    ids, labels = p.conversation("a and b", multi_answer(["the [SEG] box", "the star"]), 1)
+    start = next(i for i, v in enumerate(labels) if v != IGNORE_INDEX)
+    assert ids.count(p.seg_token_id) == 2 and len(p.rows_per_seg(ids, labels, start)) == 2
+    text = p.tokenizer.decode(ids[start:])
+    assert text.count("[SEG]") >= 2  # the two real ones (the phrase's own letters decode as text or <unk>)

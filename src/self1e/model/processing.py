@@ -57,11 +57,15 @@ def check_text(text: str, what: str = "the text", limit: int = MAX_TEXT_CHARS) -
     return text
 
 
-def multi_answer(phrases: Sequence[str], prefix: str = "") -> str:
-    """The answer to a multi-object request: "the red circle is [SEG] and the blue star is [SEG]."."""
-    parts = [f"{p.strip()} is {SEG_TOKEN}" for p in phrases]
-    body = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-    return prefix + body + "."
+def multi_answer(phrases: Sequence[str], prefix: str = "") -> list[str]:
+    """The answer to a multi-object request, as the text pieces around its ``[SEG]`` tokens:
+    ``["the red circle is ", " and the blue star is ", "."]`` stands for "the red circle is [SEG] and
+    the blue star is [SEG].". Pieces stay plain text, so a phrase can never add a ``[SEG]``."""
+    pieces, last = [], len(phrases) - 1
+    for k, p in enumerate(phrases):
+        joint = prefix if k == 0 else (" and " if k == last else ", ")
+        pieces.append(f"{joint}{p.strip()} is ")
+    return pieces + ["."]
 
 
 def tile_grid(width: int, height: int, max_tiles: int, tile_size: int) -> tuple[int, int]:
@@ -197,10 +201,11 @@ class Self1eProcessor:
         "<IMG_CONTEXT>", ...) stays plain text and never becomes that token."""
         return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
-    def encode_answer(self, text: str) -> list[int]:
+    def encode_answer(self, text: str | Sequence[str]) -> list[int]:
         """An assistant answer with ``[SEG]`` as the segmentation token (our templates and the model's
-        own answers); every other special token in it stays plain text."""
-        pieces = text.split(self.seg_token)
+        own answers); every other special token in it stays plain text. A list of pieces (see
+        :func:`multi_answer`) has one ``[SEG]`` between each two, and none from the pieces' text."""
+        pieces = text.split(self.seg_token) if isinstance(text, str) else list(text)
         ids = self.encode_text(pieces[0]) if pieces[0] else []
         for piece in pieces[1:]:
             ids += [self.seg_token_id] + (self.encode_text(piece) if piece else [])
@@ -235,7 +240,7 @@ class Self1eProcessor:
             ids += self._encode(f"{IM_END}\n")
         return ids + self._encode(f"{IM_START}assistant\n")
 
-    def conversation(self, question: str, answer: str | None, n_tiles: int, close: bool = True,
+    def conversation(self, question: str, answer: str | Sequence[str] | None, n_tiles: int, close: bool = True,
                      answer_is_text: bool = False) -> tuple[list[int], list[int]]:
         """Token ids and labels for one user turn with the image and an optional assistant answer.
         Labels cover only the answer (and its end-of-turn when ``close``). ``answer_is_text``: the

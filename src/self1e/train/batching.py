@@ -211,9 +211,7 @@ class TrainBatches:
         ids, labels = p.conversation(p.seg_question(s.text, rng), answer, n_tiles)
         answer_start = next(i for i, v in enumerate(labels) if v != IGNORE_INDEX)
         rows = p.rows_per_seg(ids, labels, start=answer_start)
-        if len(rows) != len(s.phrases):
-            raise ValueError(f"{s.where or s.id}: {len(s.phrases)} phrases but {len(rows)} [SEG] in the answer "
-                             "(a phrase must not contain [SEG])")
+        assert len(rows) == len(s.phrases), "multi_answer puts one [SEG] after each phrase"
         return [(row, p.mask_target(s.load_instance(k, size), ignore)) for k, row in enumerate(rows)]
 
     def __iter__(self) -> Iterator[Batch]:
