@@ -4,7 +4,8 @@ Every output file of ``self1e`` (masks, overlays, segment/chat JSON, eval report
 :func:`atomic_write`: the content goes to a temporary file in the target's folder, which then
 replaces the target in one ``os.replace``. A write that fails half-way (full disk, an exception in
 the writer, Ctrl-C) leaves an existing file as it was and no temporary file behind. (It guards
-against failures and interruptions, not against power loss: nothing is fsynced.)
+against failures and interruptions; ``durable=True`` also survives a power loss by fsyncing the
+file and its folder, as the training checkpoints' ``latest`` pointer needs.)
 """
 from __future__ import annotations
 
@@ -25,14 +26,24 @@ def _reworded(e: OSError, message: str) -> OSError:
         return OSError(message)
 
 
-def atomic_write(path: PathLike, writer: Callable[[Path], object]) -> Path:
+def fsync_path(path: Path) -> None:
+    """fsync one file or folder."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: PathLike, writer: Callable[[Path], object], durable: bool = False) -> Path:
     """Write ``path`` all or nothing: ``writer(tmp)`` writes the content to ``tmp`` (a temporary
     file in the same folder, which already exists, empty, with the usual permissions), then ``tmp``
     replaces ``path``. A missing folder is created. If ``writer`` raises, the temporary file is
     removed and the error propagates; ``path`` is untouched. A folder that cannot be created or
     written raises an ``OSError`` (e.g. ``PermissionError``) whose message names ``path``.
 
-    ``writer`` must not rely on the temporary file's name (pass formats explicitly)."""
+    ``writer`` must not rely on the temporary file's name (pass formats explicitly). ``durable``:
+    fsync the file before, and its folder after, the replacement."""
     path = Path(path)
     folder = path.parent
     if path.is_dir():
@@ -53,7 +64,11 @@ def atomic_write(path: PathLike, writer: Callable[[Path], object]) -> Path:
             raise _reworded(e, f"cannot write {path}: {e.strerror or e} (folder {folder})") from None
     try:
         writer(tmp)
+        if durable:
+            fsync_path(tmp)
         os.replace(tmp, path)
+        if durable:
+            fsync_path(folder)
     except BaseException as e:
         try:
             tmp.unlink()
@@ -65,9 +80,9 @@ def atomic_write(path: PathLike, writer: Callable[[Path], object]) -> Path:
     return path
 
 
-def write_text_atomic(path: PathLike, text: str) -> Path:
+def write_text_atomic(path: PathLike, text: str, durable: bool = False) -> Path:
     """:func:`atomic_write` of UTF-8 text."""
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), durable)
 
 
 def same_file(a: PathLike, b: PathLike) -> bool:

@@ -458,8 +458,8 @@ def iter_multi_samples(split: str, seed: int, n: int, size: int = 224, styled: b
     while k < n:
         image = LazyImage(split, seed, index, size, styled)
         objs = list(image.scene().objects)
+        rng = _stream(seed, split, index, 4)
         index += 1
-        rng = _stream(seed, split, index - 1, 4)
         want = 2 if rng.random() < 0.6 else 3
         phrases: list[Phrase] = []
         for kind in rng.choice(MULTI_KINDS, 3 * want, p=MULTI_KIND_WEIGHTS):

@@ -30,6 +30,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from self1e.common.files import fsync_path, write_text_atomic
+
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
@@ -136,31 +138,12 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 # ---- atomic file-system helpers ------------------------------------------------------------------
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def fsync_tree(root: Path) -> None:
     """fsync every file and folder under ``root`` (then ``root`` itself)."""
     for folder, _, files in os.walk(root, topdown=False):
         for name in files:
-            _fsync_path(Path(folder, name))
-        _fsync_path(Path(folder))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a small file so that readers see the old or the new content, never a mix."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_path(path.parent)
+            fsync_path(Path(folder, name))
+        fsync_path(Path(folder))
 
 
 def publish_dir(tmp: Path, final: Path) -> None:
@@ -174,7 +157,7 @@ def publish_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    _fsync_path(final.parent)
+    fsync_path(final.parent)
 
 
 def checkpoint_dir(out: Path, step: int) -> Path:
@@ -423,7 +406,7 @@ class Checkpointer:
         if rank == 0:
             if ok:
                 publish_dir(tmp, final)
-                write_text_atomic(final.parent / LATEST, final.name + "\n")
+                write_text_atomic(final.parent / LATEST, final.name + "\n", durable=True)
                 prune_checkpoints(self.out, self.keep)
             else:
                 shutil.rmtree(tmp, ignore_errors=True)
