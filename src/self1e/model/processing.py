@@ -35,7 +35,6 @@ SEG_ANSWERS = ("It is [SEG].", "Sure, [SEG].", "Sure, it is [SEG].", "Sure, the 
 INFERENCE_ANSWER = "[SEG]."
 # A multi-object request is answered with one "<phrase> is [SEG]" per object, joined as in English.
 MULTI_ANSWER_PREFIXES = ("", "Sure, ", "Sure: ")
-SEG_TOKEN = "[SEG]"
 
 MAX_TEXT_CHARS = 2000
 """The longest user text, in characters (not bytes, not tokens): an expression, a question or a chat
