@@ -33,8 +33,9 @@ from transformers.models.internvl.configuration_internvl import InternVLVisionCo
 from transformers.models.qwen2 import modeling_qwen2
 
 from self1e.model import Self1eConfig, Self1eModel
+from self1e.model.config import INFERENCE_ANSWER
 from self1e.model.pixel_shuffle import project_replicated
-from self1e.model.processing import IGNORE_INDEX, IMG_CONTEXT, INFERENCE_ANSWER, Batch
+from self1e.model.processing import IGNORE_INDEX, IMG_CONTEXT, Batch
 from self1e.model.self1e import Self1eOutput
 from self1e.model.tiny import TINY_SPECS, build_tiny_base, build_tokenizer
 

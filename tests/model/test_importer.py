@@ -14,14 +14,15 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from tokenizers import AddedToken
-from transformers import InternVLForConditionalGeneration
+from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers
+from transformers import InternVLForConditionalGeneration, PreTrainedTokenizerFast
 
 from self1e import Self1ePredictor
 from self1e.cli import main
 from self1e.model import Self1eConfig, Self1eModel
 from self1e.model.importer import import_authors_checkpoint
-from self1e.model.tiny import build_tokenizer, tiny_config
+from self1e.model.processing import Self1eProcessor
+from self1e.model.tiny import SPECIAL_TOKENS, build_tokenizer, tiny_config
 
 # InternViT-300M style (InternVL3-1B..14B) and InternViT-6B style (InternVL3-38B/78B) vision towers.
 VISION_VARIANTS = {
@@ -31,9 +32,23 @@ VISION_VARIANTS = {
 ROPE_THETA = 1e6  # not transformers' default, so a dropped rope_theta shows
 
 
-def source_model(variant: str = "vit300m", seed: int = 0) -> Self1eModel:
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer without merges (Qwen's pre-tokeniser family): it decodes back to
+    exactly the text it encoded, spaces and newlines included, so a test can read a whole prompt."""
+    from tokenizers.models import BPE
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tok = Tokenizer(BPE(vocab={c: i for i, c in enumerate(sorted(alphabet))}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    fast.add_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS], special_tokens=True)
+    return fast
+
+
+def source_model(variant: str = "vit300m", seed: int = 0, tok=None) -> Self1eModel:
     """A tiny random SELF1E model with [SEG] then an unused [SEGT] as the last embedding rows."""
-    tok = build_tokenizer()
+    tok = tok or build_tokenizer()
     tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in ("[SEG]", "[SEGT]")], special_tokens=True)
     cfg = tiny_config("tiny", vocab_size=len(tok), image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"))
     for k, v in VISION_VARIANTS[variant].items():
@@ -178,6 +193,52 @@ def test_imported_model_gives_the_source_models_logits(imported):
     assert torch.allclose(want.lm_logits, got.lm_logits, atol=1e-6, rtol=0)
 
 
+def _lm_input_ids(model, run) -> list[torch.Tensor]:
+    """The token ids each pass of ``run()`` hands the language model (its image tokens included)."""
+    seen, embed = [], model.embed
+
+    def spy(input_ids, *args, **kwargs):
+        seen.append(input_ids.clone())
+        return embed(input_ids, *args, **kwargs)
+
+    model.embed = spy
+    try:
+        run()
+    finally:
+        del model.embed
+    return seen
+
+
+# InternVL's turn layout as a Jinja chat template (the -hf tokenizers carry one of this shape).
+CHAT_TEMPLATE = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+                 "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+AUTHORS_EVAL_PROMPT = ("<|im_start|>system\nYou are an helpful assistant.<|im_end|>\n<|im_start|>user\n<img>"
+                       + "<IMG_CONTEXT>" * 16 + "</img>\n What is the red circle on the left in this image? "
+                       "Please output segmentation mask.<|im_end|>\n<|im_start|>assistant\n[SEG].")
+
+
+@pytest.mark.parametrize("template", [None, CHAT_TEMPLATE])
+def test_imported_checkpoint_is_prompted_exactly_as_the_authors_evaluate(template, tmp_path):
+    """Decoded from the ids the LLM receives (a tokenizer that round-trips text exactly): their
+    system turn, their question with its leading space after the image's newline, the expression
+    lower-cased; the same through the checkpoint's chat template when it has one."""
+    tok = byte_tokenizer()
+    tok.chat_template = template
+    (tmp_path / "release").mkdir()
+    src = write_source(source_model(tok=tok), tmp_path / "release")
+    predictor = Self1ePredictor(Self1eModel.from_pretrained(import_authors_checkpoint(src, tmp_path / "ckpt")))
+    predictor.set_image(Image.new("RGB", (56, 56), "white"))
+    assert predictor.model.tokenizer.chat_template == template  # the import keeps the template
+    (ids,) = _lm_input_ids(predictor.model, lambda: predictor.predict("The Red Circle on the LEFT"))
+    assert predictor.model.tokenizer.decode(ids[0], skip_special_tokens=False) == AUTHORS_EVAL_PROMPT
+
+
+def test_imported_checkpoint_takes_no_thumbnail_tile(imported):
+    _, _, model = imported
+    p = Self1eProcessor(model.tokenizer, 56, 7, max_tiles=4, use_thumbnail=model.config.use_thumbnail)
+    assert p.image_input(Image.new("RGB", (112, 56))).pixel_values.shape[0] == 2  # 1 x 2 tiles, no thumbnail
+
+
 def test_imported_tokens_and_configs(imported):
     source, _, model = imported
     tok, rows = model.tokenizer, model.base.get_input_embeddings().num_embeddings
@@ -185,7 +246,8 @@ def test_imported_tokens_and_configs(imported):
     assert tok.convert_tokens_to_ids("[SEGT]") == rows - 1 == len(tok) - 1  # kept: tokenizer and weights agree
     assert model.base.get_output_embeddings().weight.shape[0] == rows
     assert model.image_token_id == tok.convert_tokens_to_ids("<IMG_CONTEXT>")
-    assert model.config == Self1eConfig(mask_head="rfa", seg_attention="bidirectional")
+    assert model.config == Self1eConfig(mask_head="rfa", seg_attention="bidirectional", use_thumbnail=False,
+                                        prompt="authors")
     cfg, want = model.base.config, source.base.config
     assert cfg.tie_word_embeddings is False
     assert model.base.lm_head.weight.data_ptr() != model.base.get_input_embeddings().weight.data_ptr()

@@ -42,6 +42,22 @@ def test_config_defaults_yaml_overrides_round_trip(tmp_path):
     assert TrainConfig().lora.train_full and TrainConfig().lr == 1e-4
 
 
+def test_the_prompt_format_is_a_training_setting(tmp_path):
+    from self1e.model.config import AUTHORS_PROMPT
+
+    cfg = load_config(None, ["self1e.prompt=authors"])
+    assert cfg.self1e.prompt == AUTHORS_PROMPT
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("self1e: {prompt: {system: 'Be brief.', questions: ['Where is {x}?']}}\n")
+    cfg = load_config(recipe, ["self1e.prompt.lowercase=true"])
+    assert (cfg.self1e.prompt.system, cfg.self1e.prompt.questions, cfg.self1e.prompt.lowercase) == (
+        "Be brief.", ("Where is {x}?",), True)
+    cfg.save(tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml") == cfg
+    with pytest.raises(ValueError, match=re.escape("unknown config key 'self1e.prompt.casing'")):
+        load_config(None, ["self1e.prompt.casing=lower"])
+
+
 @pytest.mark.parametrize("text, overrides, key", [
     ("lora: {rank: 4}\n", [], "lora.rank"),
     ("", ["optimiser.lr=1"], "optimiser"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import math
 import typing
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,79 @@ CONFIG_NAME = "self1e_config.json"
 MAX_TILES = 64  # InternVL uses up to 12 (40 at most); the tile search is quadratic in this
 MAX_LOSS_SHORT_SIDE = 4096
 _KINDS = {str: "a string", int: "a whole number", float: "a number", bool: "true or false"}
+
+# Our prompt format: LISA's question and answer templates, no system turn.
+SEG_QUESTIONS = (
+    "Can you segment the {x} in this image?",
+    "Please segment the {x} in this image.",
+    "What is {x} in this image? Please respond with segmentation mask.",
+    "What is {x} in this image? Please output segmentation mask.",
+)
+SENTENCE_QUESTION = "{x} Please output segmentation mask."
+SEG_ANSWERS = ("It is [SEG].", "Sure, [SEG].", "Sure, it is [SEG].", "Sure, the segmentation result is [SEG].",
+               "[SEG].")
+INFERENCE_ANSWER = "[SEG]."
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How a checkpoint is asked for a mask: saved with its settings, so every checkpoint is prompted
+    the way it was trained. Training draws a question and an answer template per sample; inference
+    and evaluation use the first question and ``inference_answer`` (teacher-forced).
+
+    A template holds ``{x}`` where the expression goes; a template saying "the {x}" drops a leading
+    "the " of the expression (no "the the"). ``lowercase`` lower-cases the expression first."""
+
+    system: str = ""  # the system turn's text; empty = no system turn
+    questions: tuple[str, ...] = SEG_QUESTIONS
+    sentence_question: str = SENTENCE_QUESTION  # for full-sentence expressions (more than 3 words ending in .?!)
+    answers: tuple[str, ...] = SEG_ANSWERS
+    inference_answer: str = INFERENCE_ANSWER
+    lowercase: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("questions", "answers"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, value := tuple(value))
+            if not (isinstance(value, tuple) and value and all(isinstance(t, str) for t in value)):
+                raise ValueError(f"prompt setting '{name}': expected a non-empty list of strings, got {value!r}")
+        for name in ("system", "sentence_question", "inference_answer"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"prompt setting '{name}': expected a string, got {getattr(self, name)!r}")
+        if not isinstance(self.lowercase, bool):
+            raise ValueError(f"prompt setting 'lowercase': expected true or false, got {self.lowercase!r}")
+        for template in (*self.questions, self.sentence_question):
+            rest = template.replace("{x}", "", 1)
+            if "{x}" not in template or "{" in rest or "}" in rest:
+                raise ValueError(f"prompt question template {template!r} must hold {{x}} exactly once "
+                                 "and no other braces")
+        for answer in (*self.answers, self.inference_answer):
+            if answer.count("[SEG]") != 1:
+                raise ValueError(f"prompt answer template {answer!r} must hold [SEG] exactly once")
+
+    @classmethod
+    def from_dict(cls, d: Any) -> PromptFormat:
+        if not isinstance(d, dict):
+            raise ValueError(f"SELF1E setting 'prompt': expected a mapping, got {d!r}")
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown prompt settings: {sorted(unknown)}")
+        return cls(**d)
+
+
+AUTHORS_PROMPT = PromptFormat(
+    system="You are an helpful assistant.",
+    questions=(" What is {x} in this image? Please output segmentation mask.",),
+    sentence_question=" {x} Please output segmentation mask.",
+    answers=("[SEG].",),
+    inference_answer="[SEG].",
+    lowercase=True,
+)
+"""The SELF1E authors' training and evaluation prompt: their system turn (spelled as they spell it),
+one question with its leading space (after the image's newline), expressions lower-cased. Their
+models also take no thumbnail tile (``use_thumbnail=False``)."""
+PROMPT_PRESETS = {"self1e": PromptFormat(), "authors": AUTHORS_PROMPT}
 
 
 @dataclass(frozen=True)
@@ -31,12 +104,22 @@ class Self1eConfig:
     causal_lm_loss: bool = True  # LM loss from a causal pass, so the [SEG] decision cannot leak (README, "Training")
     max_tiles: int = 1  # 1 = one tile per image; >1 = InternVL dynamic tiling, stitched before the head
     use_thumbnail: bool = True  # with several tiles, also feed InternVL's global thumbnail tile to the LLM
+    prompt: PromptFormat = field(default_factory=PromptFormat)  # system turn, templates, casing
 
     def __post_init__(self) -> None:
         """Every field is checked by type (an int is taken for a float field) and range; a ValueError
         names the field."""
+        if isinstance(self.prompt, str) and self.prompt in PROMPT_PRESETS:  # "authors" or "self1e"
+            object.__setattr__(self, "prompt", PROMPT_PRESETS[self.prompt])
+        if isinstance(self.prompt, dict):
+            object.__setattr__(self, "prompt", PromptFormat.from_dict(self.prompt))
         for name, tp in typing.get_type_hints(type(self)).items():
             value = getattr(self, name)
+            if tp is PromptFormat:
+                if not isinstance(value, PromptFormat):
+                    raise ValueError(f"SELF1E setting 'prompt': expected a mapping or one of "
+                                     f"{sorted(PROMPT_PRESETS)}, got {value!r}")
+                continue
             ok = isinstance(value, tp) and not (tp is int and isinstance(value, bool))
             if tp is float and isinstance(value, int) and not isinstance(value, bool):
                 object.__setattr__(self, name, float(value))
@@ -60,7 +143,10 @@ class Self1eConfig:
                              f"got {self.loss_short_side}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The settings as JSON-shaped data (the prompt format a nested mapping with lists)."""
+        d = asdict(self)
+        d["prompt"] = {k: list(v) if isinstance(v, tuple) else v for k, v in d["prompt"].items()}
+        return d
 
     @classmethod
     def from_dict(cls, d: Any) -> Self1eConfig:
@@ -74,23 +160,32 @@ class Self1eConfig:
 
     @classmethod
     def parse_overrides(cls, items: list[str] | tuple[str, ...]) -> dict:
-        """``["seg_attention=causal", "self1e.mask_head=rfr"]`` -> a mapping of field overrides
-        (values read as YAML scalars; the ``self1e.`` prefix is optional). Unknown fields are errors."""
+        """``["seg_attention=causal", "self1e.mask_head=rfr", "prompt=authors", "prompt.lowercase=true"]``
+        -> a mapping of field overrides (values read as YAML scalars; the ``self1e.`` prefix is
+        optional; ``prompt.FIELD`` sets one field of the prompt format). Unknown fields are errors."""
         import yaml
 
         known = {f.name for f in fields(cls)}
-        out = {}
+        prompt_known = {f.name for f in fields(PromptFormat)}
+        out: dict[str, Any] = {}
         for item in items:
             key, sep, raw = item.partition("=")
             key = key.strip().removeprefix("self1e.")
             if not sep or not key:
                 raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. seg_attention=causal")
-            if key not in known:
-                raise ValueError(f"--set {item!r}: unknown SELF1E setting {key!r}; known: {', '.join(sorted(known))}")
+            head, _, sub = key.partition(".")
+            if head not in known or (sub and (head != "prompt" or sub not in prompt_known)):
+                raise ValueError(f"--set {item!r}: unknown SELF1E setting {key!r}; known: {', '.join(sorted(known))}"
+                                 f" and prompt.{{{', '.join(sorted(prompt_known))}}}")
             try:
-                out[key] = yaml.safe_load(raw) if raw.strip() else ""
+                value = yaml.safe_load(raw) if raw.strip() else ""
             except yaml.YAMLError:
-                out[key] = raw
+                value = raw
+            if sub:
+                prompt = out.get("prompt")
+                out["prompt"] = {**(prompt if isinstance(prompt, dict) else {}), sub: value}
+            else:
+                out[key] = value
         return out
 
     def save(self, directory: str | Path) -> None:

@@ -20,7 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tokenizers import AddedToken
 
-from self1e.model.config import Self1eConfig
+from self1e.model.config import AUTHORS_PROMPT, Self1eConfig
 from self1e.model.processing import IM_END, IM_START, IMG_CONTEXT, IMG_END, IMG_START
 from self1e.model.self1e import Self1eModel
 from self1e.model.weights import PICKLE_SUFFIXES, load_base
@@ -31,7 +31,10 @@ SOURCE_ARCHITECTURES = ("InternVLChatModel", "InternVL3SELF1E")  # the base clas
 SUPPORTED_LLMS = ("Qwen2ForCausalLM",)
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 _SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
-IMPORTED_CONFIG = Self1eConfig(mask_head="rfa", seg_attention="bidirectional")  # the paper's setting
+IMPORTED_CONFIG = Self1eConfig(mask_head="rfa", seg_attention="bidirectional", use_thumbnail=False,
+                               prompt=AUTHORS_PROMPT)
+"""The paper's setting, prompted as the authors train and evaluate (their system turn, question and
+lower-casing; no thumbnail tile)."""
 
 # The authors' head name -> ours. Each is Linear -> GELU -> Linear with parameters at .0 and .2 (ours at
 # net.0 / net.2). Their depth-to-space puts channel block k of a 4C output at sub-pixel

@@ -6,7 +6,9 @@ was trained on. Prompts follow InternVL's chat format (``<|im_start|>`` turns; t
 """
 from __future__ import annotations
 
+import logging
 import random
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -15,6 +17,7 @@ import torch
 from PIL import Image
 
 from self1e.common.images import ImageLike, to_rgb
+from self1e.model.config import PromptFormat
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
@@ -23,28 +26,25 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IGNORE_INDEX = -100
 IGNORE_PIXEL = -1.0  # mask-target value of pixels left out of the mask loss (a sample's ignore region)
 
-SEG_QUESTIONS = (
-    "Can you segment the {x} in this image?",
-    "Please segment the {x} in this image.",
-    "What is {x} in this image? Please respond with segmentation mask.",
-    "What is {x} in this image? Please output segmentation mask.",
-)
-SENTENCE_QUESTION = "{x} Please output segmentation mask."
-SEG_ANSWERS = ("It is [SEG].", "Sure, [SEG].", "Sure, it is [SEG].", "Sure, the segmentation result is [SEG].",
-               "[SEG].")
-INFERENCE_ANSWER = "[SEG]."
 # A multi-object request is answered with one "<phrase> is [SEG]" per object, joined as in English.
 MULTI_ANSWER_PREFIXES = ("", "Sure, ", "Sure: ")
 
+log = logging.getLogger(__name__)
 MAX_TEXT_CHARS = 2000
 """The longest user text, in characters (not bytes, not tokens): an expression, a question or a chat
 message, and each user turn of a chat history. Longer text raises ValueError naming the limit and
 its length, before anything is tokenised. (A user turn may hold an expression wrapped in a question
-template, so user turns get ``TEMPLATE_CHARS`` more.)"""
-TEMPLATE_CHARS = max(len(t.format(x="")) for t in (*SEG_QUESTIONS, SENTENCE_QUESTION))
-"""The most characters a segmentation question template adds around an expression: a user turn may
-hold an expression of ``MAX_TEXT_CHARS`` in its question, so :meth:`Self1eProcessor.prompt` allows
-``MAX_TEXT_CHARS + TEMPLATE_CHARS`` per user turn."""
+template, so user turns get the format's ``template_chars`` more.)"""
+
+
+def template_chars(fmt: PromptFormat) -> int:
+    """The most characters a question template of ``fmt`` adds around an expression: a user turn may
+    hold an expression of ``MAX_TEXT_CHARS`` in its question, so :meth:`Self1eProcessor.prompt` allows
+    ``MAX_TEXT_CHARS + template_chars`` per user turn."""
+    return max(len(t.replace("{x}", "")) for t in (*fmt.questions, fmt.sentence_question))
+
+
+TEMPLATE_CHARS = template_chars(PromptFormat())  # our own format's
 
 
 def check_text(text: str, what: str = "the text", limit: int = MAX_TEXT_CHARS) -> str:
@@ -54,6 +54,10 @@ def check_text(text: str, what: str = "the text", limit: int = MAX_TEXT_CHARS) -
         raise ValueError(f"{what} is {len(text):,} characters long; the limit is {limit:,} characters "
                          f"(MAX_TEXT_CHARS = {MAX_TEXT_CHARS:,}{extra})")
     return text
+
+
+def _warn_template(problem: str) -> None:
+    log.warning("the tokenizer's chat template %s; prompts use InternVL's turn layout instead", problem)
 
 
 def multi_answer(phrases: Sequence[str], prefix: str = "") -> list[str]:
@@ -119,8 +123,11 @@ class Self1eProcessor:
     """Turns images and texts into :class:`Batch` objects for one model geometry and tokenizer."""
 
     def __init__(self, tokenizer, image_size: int, patch_size: int, max_tiles: int = 1,
-                 use_thumbnail: bool = True, seg_token: str = "[SEG]", loss_short_side: int = 128) -> None:
+                 use_thumbnail: bool = True, seg_token: str = "[SEG]", loss_short_side: int = 128,
+                 prompt_format: PromptFormat | None = None) -> None:
         self.tokenizer = tokenizer
+        self.format = prompt_format or PromptFormat()
+        self.template_chars = template_chars(self.format)
         self.image_size = image_size
         self.grid_side = image_size // patch_size // 2  # LLM tokens per tile side
         self.max_tiles = max_tiles
@@ -176,20 +183,25 @@ class Self1eProcessor:
 
     # ---- text ---------------------------------------------------------------------------------
     def seg_question(self, text: str, rng: random.Random | None = None) -> str:
-        """A segmentation question for an expression; full sentences get the sentence template.
-        An expression longer than ``MAX_TEXT_CHARS`` raises ValueError."""
+        """A segmentation question for an expression in the checkpoint's prompt format: a random
+        template with ``rng`` (training), else the first; full sentences get the sentence template.
+        An empty expression or one longer than ``MAX_TEXT_CHARS`` raises ValueError."""
+        fmt = self.format
         text = check_text(text, "the expression").strip()
         if not text:
             raise ValueError("the expression is empty")
+        if fmt.lowercase:
+            text = text.lower()
         if text[-1] in ".?!" and len(text.split()) > 3:
-            return SENTENCE_QUESTION.format(x=text)
-        template = SEG_QUESTIONS[rng.randrange(len(SEG_QUESTIONS))] if rng else SEG_QUESTIONS[0]
-        if text.lower().startswith("the "):  # the templates already say "the {x}"
+            return fmt.sentence_question.replace("{x}", text)
+        template = fmt.questions[rng.randrange(len(fmt.questions))] if rng else fmt.questions[0]
+        if "the {x}" in template and text.lower().startswith("the "):  # "segment the the red circle"
             text = text[4:]
-        return template.format(x=text)
+        return template.replace("{x}", text)
 
     def seg_answer(self, rng: random.Random | None = None) -> str:
-        return SEG_ANSWERS[rng.randrange(len(SEG_ANSWERS))] if rng else INFERENCE_ANSWER
+        answers = self.format.answers
+        return answers[rng.randrange(len(answers))] if rng else self.format.inference_answer
 
     def _encode(self, text: str) -> list[int]:
         """Our own template text: special tokens in it are special tokens."""
@@ -215,29 +227,81 @@ class Self1eProcessor:
         return self.tokenizer.convert_tokens_to_ids(self.seg_token)
 
     def prompt(self, question: str, n_tiles: int, history: Sequence[Mapping[str, str]] = ()) -> list[int]:
-        """Token ids of a conversation up to the assistant's turn: the image sits in the first user
-        turn; ``history`` holds earlier turns as ``{"role": "user" | "assistant", "content": str}``.
-        Every user turn is checked against ``MAX_TEXT_CHARS + TEMPLATE_CHARS`` characters before
-        anything is tokenised (ValueError)."""
+        """Token ids of a conversation up to the assistant's turn, in the checkpoint's prompt format
+        (its system turn, if any): the image sits in the first user turn; ``history`` holds earlier
+        turns as ``{"role": "user" | "assistant", "content": str}``. Every user turn is checked
+        against ``MAX_TEXT_CHARS`` plus the format's template characters before anything is
+        tokenised (ValueError). See :meth:`layout` for how the turns are laid out."""
         turns = [*history, {"role": "user", "content": question}]
         for k, turn in enumerate(turns):
             if turn["role"] not in ("user", "assistant"):
                 raise ValueError(f"history turn {k}: role must be 'user' or 'assistant', got {turn['role']!r}")
+            if k == 0 and turn["role"] != "user":
+                raise ValueError("the conversation must start with a user turn")
             if turn["role"] == "user":
                 what = "the message" if k == len(turns) - 1 else f"history turn {k} (user)"
-                check_text(turn["content"], what, MAX_TEXT_CHARS + TEMPLATE_CHARS)
+                check_text(turn["content"], what, MAX_TEXT_CHARS + self.template_chars)
+        system = [{"role": "system", "content": self.format.system}] if self.format.system else []
+        image = [self.img_start_id] + [self.img_context_id] * (n_tiles * self.tokens_per_tile) + [self.img_end_id]
         ids: list[int] = []
-        for k, turn in enumerate(turns):
-            role, content = turn["role"], turn["content"]
-            ids += self._encode(f"{IM_START}{role}\n")
-            if k == 0:
-                if role != "user":
-                    raise ValueError("the conversation must start with a user turn")
-                ids += ([self.img_start_id] + [self.img_context_id] * (n_tiles * self.tokens_per_tile)
-                        + [self.img_end_id] + self._encode("\n"))
-            ids += (self.encode_text(content) if role == "user" else self.encode_answer(content))
-            ids += self._encode(f"{IM_END}\n")
-        return ids + self._encode(f"{IM_START}assistant\n")
+        for kind, value in self.layout([*system, *turns]):
+            if kind == "template":
+                ids += self._encode(value)
+            elif kind == "image":
+                ids += image
+            else:  # a turn's content: user and system text stay plain text, answers keep [SEG]
+                ids += self.encode_answer(value) if kind == "assistant" else self.encode_text(value)
+        return ids
+
+    def layout(self, messages: Sequence[Mapping[str, str]]) -> list[tuple[str, str]]:
+        """A conversation as ``(kind, text)`` pieces: ``"template"`` text of the chat format (its special
+        tokens are tokens), ``"image"`` where the image goes, and each message's content under its
+        role. With the tokenizer's chat template (when it has one) the format is the template's,
+        rendered around placeholders, so the contents are never parsed by it; otherwise InternVL's
+        (``<|im_start|>role\n ... <|im_end|>\n`` turns). The image opens the first user turn,
+        followed by a newline, and the pieces end with the assistant's header."""
+        first_user = next(k for k, m in enumerate(messages) if m["role"] == "user")
+        if getattr(self.tokenizer, "chat_template", None):
+            pieces = self._template_layout(messages, first_user)
+            if pieces is not None:
+                return pieces
+        pieces: list[tuple[str, str]] = []
+        for k, m in enumerate(messages):
+            pieces.append(("template", f"{IM_START}{m['role']}\n"))
+            if k == first_user:
+                pieces += [("image", ""), ("template", "\n")]
+            pieces += [(m["role"], m["content"]), ("template", f"{IM_END}\n")]
+        return pieces + [("template", f"{IM_START}assistant\n")]
+
+    def _template_layout(self, messages: Sequence[Mapping[str, str]], first_user: int) -> list[tuple[str, str]] | None:
+        """:meth:`layout` through the tokenizer's chat template; None (with a warning) when the template
+        fails or does not reproduce every message once, in order."""
+        mark = "\ue000{}\ue001"  # private-use characters: no tokenizer's template or text holds them
+        image = mark.format("image")
+        placeholders = [{"role": m["role"], "content": (image + "\n" if k == first_user else "") + mark.format(k)}
+                        for k, m in enumerate(messages)]
+        try:
+            rendered = self.tokenizer.apply_chat_template(placeholders, tokenize=False, add_generation_prompt=True)
+        except Exception as e:  # a template that needs other content types: use InternVL's layout
+            _warn_template(f"cannot render plain-text messages ({type(e).__name__}: {e})")
+            return None
+        order = ["image" if k == first_user and j == 0 else str(k)
+                 for k in range(len(messages)) for j in range(1 + (k == first_user))]
+        parts = re.split("\ue000(\\w+)\ue001", rendered)
+        if parts[1::2] != order:
+            _warn_template("does not place every message exactly once, in order")
+            return None
+        pieces: list[tuple[str, str]] = []
+        for k, text in enumerate(parts):
+            if k % 2 == 0:
+                if text:
+                    pieces.append(("template", text))
+            elif text == "image":
+                pieces.append(("image", ""))
+            else:
+                m = messages[int(text)]
+                pieces.append((m["role"], m["content"]))
+        return pieces
 
     def conversation(self, question: str, answer: str | Sequence[str] | None, n_tiles: int, close: bool = True,
                      answer_is_text: bool = False) -> tuple[list[int], list[int]]:
@@ -292,6 +356,6 @@ class Self1eProcessor:
         rows = []
         for t, i in zip(texts, image_index):
             n_tiles = self.n_tiles(images[i].grid)
-            ids, _ = self.conversation(self.seg_question(t), INFERENCE_ANSWER, n_tiles, close=False)
+            ids, _ = self.conversation(self.seg_question(t), self.format.inference_answer, n_tiles, close=False)
             rows.append((ids, [IGNORE_INDEX] * len(ids)))  # no LM loss: inference needs neither it nor LM logits
         return self.collate(rows, images, image_index)

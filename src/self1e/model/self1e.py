@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,10 @@ def resolve_settings(saved: Self1eConfig | None, config: Self1eConfig | Mapping[
     base = saved or Self1eConfig()
     if not config:
         return base
-    return Self1eConfig.from_dict({**base.to_dict(), **dict(config)})
+    over = dict(config)
+    if isinstance(over.get("prompt"), Mapping):  # prompt fields replace those of the saved format
+        over["prompt"] = {**asdict(base.prompt), **over["prompt"]}
+    return Self1eConfig.from_dict({**base.to_dict(), **over})
 
 
 class Self1eModel(nn.Module):
@@ -115,7 +118,7 @@ class Self1eModel(nn.Module):
     def _make_processor(self) -> None:
         vc, c = self.base.config.vision_config, self.config
         self.processor = Self1eProcessor(self.tokenizer, vc.image_size[0], vc.patch_size[0], c.max_tiles,
-                                         c.use_thumbnail, c.seg_token, c.loss_short_side)
+                                         c.use_thumbnail, c.seg_token, c.loss_short_side, c.prompt)
 
     def set_image_size(self, size: int) -> None:
         """Move the ViT to ``size`` x ``size`` tiles: its absolute position embeddings are resampled

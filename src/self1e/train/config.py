@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from self1e.model.config import Self1eConfig
+from self1e.model.config import PROMPT_PRESETS, PromptFormat, Self1eConfig
 from self1e.model.registry import saved_settings_of
 
 LLM_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -245,6 +245,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if tp is DataSpec and isinstance(value, str):  # "path.jsonl" is short for {spec: path.jsonl}
             value = {"spec": value}
+        if tp is PromptFormat and isinstance(value, str) and value in PROMPT_PRESETS:  # "authors"
+            value = dataclasses.asdict(PROMPT_PRESETS[value])
         return build(tp, value, f"{key}.")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
