@@ -9,7 +9,7 @@ from PIL import Image
 
 from self1e.data.sample import Sample
 from self1e.model.processing import IGNORE_INDEX
-from self1e.train.batching import BatchPlan, Source, TrainBatches
+from self1e.train.batching import BatchPlan, Source, TrainBatches, subsample_images
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +166,38 @@ def test_errors_name_the_problem(processor):
         BatchPlan([Source("a", seg_samples(1, 1))], 2, 3, 0)
     with pytest.raises(ValueError, match="ratio"):
         BatchPlan([Source("a", seg_samples(2, 1), ratio=0)], 1, 3, 0)
+
+
+# ---- repeat mode (the SELF1E authors' mixing) --------------------------------------------------
+def test_repeat_mode_shares_follow_the_repeat_factors_and_every_batch_has_segmentation():
+    sources = [Source("sem", seg_samples(40, 1, "a"), group="sem_seg"),
+               Source("ref", seg_samples(20, 1, "r"), group="refer_seg"),
+               Source("vqa", vqa_samples(60), group="vqa")]
+    plan = BatchPlan(sources, batch_size=4, k=1, seed=3, repeats={"sem_seg": 1, "refer_seg": 6, "vqa": 2})
+    units = 40 * 1 + 20 * 6 + 60 * 2
+    assert plan.length == units // 4
+    batches = plan.epoch(0)
+    for mb in batches:
+        assert not sources[mb[0][0]].samples[mb[0][1][0]].is_vqa  # the first unit is a segmentation unit
+    rest = np.bincount([s for mb in batches for s, _ in mb[1:]], minlength=3)  # the shuffled, unreplaced slots
+    want = np.array([40, 120, 120]) / units
+    assert np.abs(rest / rest.sum() - want).max() < 0.06
+    ref_units = [m for mb in batches for s, m in mb[1:] if s == 1]
+    assert len(set(ref_units)) == 20  # each repeat is a fresh pass over the same images
+    assert plan.epoch(0) == BatchPlan(sources, 4, 1, 3, repeats={"sem_seg": 1, "refer_seg": 6, "vqa": 2}).epoch(0)
+    assert plan.epoch(1) != batches
+
+
+def test_repeat_mode_refuses_a_source_without_a_group_factor():
+    with pytest.raises(ValueError, match="group 'vqa' has no repeat factor"):
+        BatchPlan([Source("a", seg_samples(4, 1)), Source("q", vqa_samples(4), group="vqa")], 2, 1, 0,
+                  repeats={None: 1})
+
+
+def test_subsample_images_is_seeded_and_keeps_whole_images():
+    samples = seg_samples(50, 3)
+    a, b, c = (subsample_images(samples, 10, seed) for seed in (1, 1, 2))
+    assert [s.id for s in a] == [s.id for s in b] and [s.id for s in a] != [s.id for s in c]
+    images = {s.id.split("_")[0] for s in a}
+    assert len(images) == 10 and len(a) == 30  # all three samples of each kept image
+    assert subsample_images(samples, 60, 0) == samples

@@ -236,3 +236,32 @@ def test_data_kinds_filter_keeps_only_listed_kinds():
     assert len(load_dataset(cfg.data[0].spec, kinds=None)) == len(samples)
     with pytest.raises(ValueError, match="no sample of kinds"):
         load_dataset(cfg.data[0].spec, kinds=("vqa",))
+
+
+def test_two_steps_on_a_repeat_mix_record_the_seeded_subsets(tmp_path):
+    """Repeat mixing, max_images and ignore_as_background through a real (tiny) training run."""
+    data = ("data=[{spec: 'refshapes:train:40:3', group: refer_seg, max_images: 4},"
+            " {spec: 'refshapes-vqa:train:12:4', group: vqa}]")
+    mix = ["mix.mode=repeat", "mix.groups=[refer_seg, vqa]", "mix.repeats=[2, 1]"]
+
+    def run(out, seed):
+        base = ["model=tiny:tiny", data, *mix, "lora.enabled=false", "max_steps=2", "batch_size=2",
+                "warmup_steps=1", "save_every=0", "log_every=1", f"seed={seed}"]
+        train(load_config(None, base, out=str(out)))
+        return json.loads((out / "data_subsets.json").read_text())
+
+    a, b, c = run(tmp_path / "a", 0), run(tmp_path / "b", 0), run(tmp_path / "c", 1)
+    assert a == b and a["datasets"][0]["sample_ids"] != c["datasets"][0]["sample_ids"]
+    assert len(a["datasets"]) == 1 and a["datasets"][0]["max_images"] == 4
+    assert (tmp_path / "a" / "final" / "model.safetensors").is_file()
+
+
+def test_ignore_as_background_drops_ignore_regions(tmp_path):
+    from self1e.data.sample import Sample
+    from self1e.train.setup import load_source
+
+    sample = Sample(id="x", image="im.png", text="the dog", mask=None, ignore=lambda: None)
+    on = load_config(None, ["data=[{spec: 'x.jsonl', ignore_as_background: true}]"])
+    assert load_source(on, 0, [sample]).samples[0].ignore is None
+    off = load_config(None, ["data=[{spec: 'x.jsonl'}]"])
+    assert load_source(off, 0, [sample]).samples[0].ignore is not None

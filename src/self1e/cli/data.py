@@ -3,6 +3,7 @@
     self1e data synth --out DIR --split train --n 20000 --seed 0 --size 224 [--vqa] [--kind vqa|multi] [--styled]
     self1e data convert --from refcoco --root ROOT --split val [--split-by unc] --out FILE.jsonl
     self1e data check PATH_OR_SPEC        (exit 0 only when no problem is found)
+    self1e data plan CONFIG.yaml [--set KEY=VALUE] [--processes N] [--allow-missing] [--json]
 """
 from __future__ import annotations
 
@@ -49,12 +50,36 @@ def add_parser(sub) -> None:
     c.add_argument("--out", required=True, metavar="FILE.jsonl", help="the JSONL file to write")
     c.set_defaults(run=run_convert)
 
+    pl = dsub.add_parser("plan", help="what a training config's mix holds: samples, caps, repeats, shares, steps")
+    pl.add_argument("config", metavar="CONFIG.yaml", help="a training config")
+    pl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key, as for `self1e train` (repeatable)")
+    pl.add_argument("--processes", type=int, default=1, metavar="N",
+                    help="training processes (GPUs), for the global batch and steps per epoch (default: 1)")
+    pl.add_argument("--allow-missing", action="store_true", help="exit 0 even when a dataset is missing or empty")
+    pl.add_argument("--json", action="store_true", help="print the plan as JSON")
+    pl.set_defaults(run=run_plan)
+
     k = dsub.add_parser("check", help="validate a JSONL file, a folder of them, or a dataset spec")
     k.add_argument("path", help="FILE.jsonl, a folder of .jsonl files, or a spec such as "
                                 "refcoco:unc:val@ROOT")
     k.add_argument("--no-decode", action="store_true",
                    help="only check structure and that files exist (do not decode images/masks)")
     k.set_defaults(run=run_check)
+
+
+def run_plan(args) -> int:
+    """Exit 1 when a dataset is missing or empty, unless ``--allow-missing``."""
+    import json
+
+    from self1e.train.config import load_config
+    from self1e.train.plan import data_plan, format_plan
+
+    if args.processes < 1:
+        raise ValueError(f"--processes must be >= 1, got {args.processes}")
+    plan = data_plan(load_config(args.config, args.overrides), args.processes)
+    print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
+    return 1 if plan["missing"] and not args.allow_missing else 0
 
 
 def run_synth(args) -> int:

@@ -2,7 +2,13 @@
 
 A *unit* is up to K samples of one image (the paper trains up to 3 expressions per image per
 step); they share one ``pixel_values`` entry and become K rows of the batch. A micro-batch holds
-``batch_size`` units, drawn from the sources by their ratios, with at least one segmentation unit.
+``batch_size`` units with at least one segmentation unit, mixed one of two ways:
+
+- by ratio (the default): every slot draws a source by its ratio;
+- by repeat (the SELF1E authors' scheme): each group's units repeated an integer number of times,
+  the groups concatenated in order, shuffled, and the first unit of every micro-batch replaced by
+  a random segmentation unit.
+
 The order of epoch ``e`` is a pure function of ``(seed, e)``, so the state is just
 ``(epoch, position)``; rank ``r`` of ``W`` takes micro-batches ``r, r + W, ...`` of that order.
 """
@@ -10,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,11 +34,13 @@ KINDS = ("seg", "vqa")
 
 @dataclass(frozen=True)
 class Source:
-    """One dataset of a training mix; ``ratio`` is its relative sampling weight."""
+    """One dataset of a training mix; ``ratio`` is its relative sampling weight (ratio mode),
+    ``group`` the mix group it belongs to (repeat mode)."""
 
     name: str
     samples: Sequence[Sample]
     ratio: float = 1.0
+    group: str | None = None
 
 
 def image_key(sample: Sample) -> object:
@@ -46,6 +54,16 @@ def group_by_image(samples: Sequence[Sample]) -> dict[str, list[list[int]]]:
     for i, s in enumerate(samples):
         groups["vqa" if s.is_vqa else "seg"].setdefault(image_key(s), []).append(i)
     return {k: list(g.values()) for k, g in groups.items()}
+
+
+def subsample_images(samples: Sequence[Sample], max_images: int, seed: int) -> list[Sample]:
+    """The samples of a random ``max_images`` of the images (all of them when there are no more),
+    in their original order; the same ``seed`` picks the same images."""
+    keys = list(dict.fromkeys(image_key(s) for s in samples))
+    if len(keys) <= max_images:
+        return list(samples)
+    kept = {keys[i] for i in _rng(seed, 4_000_037).choice(len(keys), max_images, replace=False)}
+    return [s for s in samples if image_key(s) in kept]
 
 
 def _rng(*parts: int) -> np.random.Generator:
@@ -85,16 +103,25 @@ class BatchPlan:
     every rank. An epoch has as many units as the sources hold (each image's samples chunked by
     ``k``), cut to a whole number of micro-batches per rank."""
 
-    def __init__(self, sources: Sequence[Source], batch_size: int, k: int, seed: int, world_size: int = 1) -> None:
+    def __init__(self, sources: Sequence[Source], batch_size: int, k: int, seed: int, world_size: int = 1,
+                 repeats: Mapping[str, int] | None = None) -> None:
+        """``repeats`` (group -> whole-number factor, in concatenation order) selects repeat mode."""
         if batch_size < 1 or k < 1 or world_size < 1:
             raise ValueError(f"need batch_size, k and world_size >= 1, got {batch_size}, {k}, {world_size}")
         self.sources, self.batch_size, self.k = list(sources), batch_size, k
         self.seed, self.world_size = seed, world_size
+        self.repeats = None if repeats is None else dict(repeats)
         for s in self.sources:
             if not s.ratio > 0:
                 raise ValueError(f"dataset {s.name!r}: ratio must be > 0, got {s.ratio}")
+            if self.repeats is not None and s.group not in self.repeats:
+                raise ValueError(f"dataset {s.name!r}: group {s.group!r} has no repeat factor "
+                                 f"(groups: {list(self.repeats)})")
         self.groups = [group_by_image(s.samples) for s in self.sources]
         self.counts = np.array([[len(_Pool(g[kind], k, ())) for kind in KINDS] for g in self.groups])
+        if self.repeats is not None:  # units per epoch: each source's units times its group's factor
+            factors = np.array([self.repeats[s.group] for s in self.sources])
+            self.counts = self.counts * factors[:, None]
         self.vqa_only = self.counts[:, 0].sum() == 0  # a language-only mix (e.g. the VQA-only baseline)
         if self.vqa_only:
             log.warning("the training mix has no segmentation sample: the mask head gets no gradient (and "
@@ -114,6 +141,27 @@ class BatchPlan:
         return self._cache[1]
 
     def _build(self, e: int) -> list[list[Unit]]:
+        return self._build_ratio(e) if self.repeats is None else self._build_repeat(e)
+
+    def _build_repeat(self, e: int) -> list[list[Unit]]:
+        items: list[Unit] = []
+        for group in self.repeats:  # concatenated in group order, each source's units repeated
+            for s, src in enumerate(self.sources):
+                if src.group == group:
+                    for j, kind in enumerate(KINDS):
+                        pool = _Pool(self.groups[s][kind], self.k, (self.seed, e, s, j))
+                        items += [(s, pool.take()) for _ in range(int(self.counts[s, j]))]
+        rng = _rng(self.seed, e, 2_000_003)
+        order = rng.permutation(len(items))[: self.length * self.batch_size]
+        plan = [[items[i] for i in order[b * self.batch_size:(b + 1) * self.batch_size]] for b in range(self.length)]
+        if not self.vqa_only:  # the first unit of each micro-batch: a random segmentation unit
+            seg_units = self.counts[:, 0].astype(float)
+            pools = [_Pool(self.groups[s]["seg"], self.k, (self.seed, e, s, 2)) for s in range(len(self.sources))]
+            for batch, s in zip(plan, rng.choice(len(self.sources), size=len(plan), p=seg_units / seg_units.sum())):
+                batch[0] = (int(s), pools[s].take())
+        return plan
+
+    def _build_ratio(self, e: int) -> list[list[Unit]]:
         n_src = len(self.sources)
         pools = [[_Pool(self.groups[s][kind], self.k, (self.seed, e, s, j)) for j, kind in enumerate(KINDS)]
                  for s in range(n_src)]
@@ -164,8 +212,9 @@ class TrainBatches:
     after the last batch handed out; a new stream with that state continues exactly there."""
 
     def __init__(self, sources: Sequence[Source], processor: Self1eProcessor, batch_size: int, k: int = 3,
-                 seed: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0) -> None:
-        self.plan = BatchPlan(sources, batch_size, k, seed, world_size)
+                 seed: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0,
+                 repeats: Mapping[str, int] | None = None) -> None:
+        self.plan = BatchPlan(sources, batch_size, k, seed, world_size, repeats)
         self.sources, self.processor, self.seed = self.plan.sources, processor, seed
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         self.epoch, self.position = 0, 0  # position: global index of the next micro-batch of the epoch

@@ -33,14 +33,49 @@ class DataSpec:
     """One dataset of the training mix."""
 
     spec: str  # a JSONL path or a named dataset spec understood by self1e.data.datasets.load_dataset
-    ratio: float = 1.0  # relative sampling weight in the mix (any positive number)
+    ratio: float = 1.0  # relative sampling weight in the mix (mix.mode ratio; any positive number)
     kinds: tuple[str, ...] | None = None  # keep only samples whose `kind` is listed (None: all)
+    group: str | None = None  # the mix group it belongs to (mix.mode repeat), e.g. sem_seg, refer_seg, vqa
+    max_images: int | None = None  # keep a random subset of this many images (seeded by the run's seed)
+    ignore_as_background: bool = False  # train on ignore regions as background (the authors do, for ReasonSeg)
 
     def __post_init__(self) -> None:
         if not self.spec.strip():
             raise ValueError("config key 'data': a dataset spec is empty")
         if not (math.isfinite(self.ratio) and self.ratio > 0):
             raise ValueError(f"config key 'data' ({self.spec}): ratio must be a finite number > 0, got {self.ratio}")
+        if self.max_images is not None and self.max_images < 1:
+            raise ValueError(f"config key 'data' ({self.spec}): max_images must be >= 1 or null, "
+                             f"got {self.max_images}")
+
+
+MIX_MODES = ("ratio", "repeat")
+
+
+@dataclass(frozen=True)
+class MixSettings:
+    """How the sources are mixed. ``ratio``: every micro-batch slot draws a source by its ratio.
+    ``repeat`` (the SELF1E authors' scheme): each group's units are repeated ``repeats[i]`` times,
+    the groups concatenated in ``groups`` order and shuffled, and the first unit of every
+    micro-batch replaced by a random segmentation unit. Both guarantee one segmentation unit per
+    micro-batch."""
+
+    mode: str = "ratio"
+    groups: tuple[str, ...] = ()  # repeat mode: the group names, in concatenation order
+    repeats: tuple[int, ...] = ()  # repeat mode: an integer repeat factor per group (0 leaves a group out)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MIX_MODES:
+            raise ValueError(f"config key 'mix.mode' must be one of {MIX_MODES}, got {self.mode!r}")
+        if self.mode == "repeat":
+            if not self.groups or len(self.groups) != len(self.repeats):
+                raise ValueError("config keys 'mix.groups' and 'mix.repeats' need one repeat factor per group, "
+                                 f"got {list(self.groups)} and {list(self.repeats)}")
+            if len(set(self.groups)) != len(self.groups):
+                raise ValueError(f"config key 'mix.groups' names a group twice: {list(self.groups)}")
+            if any(r < 0 for r in self.repeats) or not any(self.repeats):
+                raise ValueError(f"config key 'mix.repeats' must be whole numbers >= 0, not all 0, "
+                                 f"got {list(self.repeats)}")
 
 
 @dataclass(frozen=True)
@@ -75,6 +110,7 @@ class TrainConfig:
     image_size: int | None = None  # train at this tile size: the ViT position embeddings are resampled (None: keep)
     # -- data
     data: tuple[DataSpec, ...] = ()  # the training mix; at least one segmentation sample per micro-batch
+    mix: MixSettings = field(default_factory=MixSettings)  # how the sources are mixed (ratio or repeat)
     val: str | None = None  # validation dataset spec for periodic cIoU / gIoU (None: no evaluation)
     val_limit: int | None = 200  # evaluate on the first N validation samples (None: all of them)
     eval_batch_size: int = 8  # images per evaluation forward pass
@@ -134,6 +170,11 @@ class TrainConfig:
                 raise ValueError(f"config key '{name}' must be >= 1 or null, got {getattr(self, name)}")
         if self.max_minutes is not None and self.max_minutes < 0:
             raise ValueError(f"config key 'max_minutes' must be >= 0 or null, got {self.max_minutes}")
+        if self.mix.mode == "repeat":
+            for d in self.data:
+                if d.group not in self.mix.groups:
+                    raise ValueError(f"config key 'data' ({d.spec}): group {d.group!r} is not one of mix.groups "
+                                     f"{list(self.mix.groups)} (mix.mode repeat needs a group per dataset)")
         if self.attn_implementation not in ("sdpa", "eager"):
             raise ValueError("config key 'attn_implementation' must be sdpa or eager, "
                              f"got {self.attn_implementation!r}")

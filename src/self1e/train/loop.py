@@ -27,13 +27,14 @@ from torch import nn
 from tqdm import tqdm
 
 from self1e.common.distributed import any_rank
+from self1e.common.files import write_text_atomic
 from self1e.data.datasets import load_dataset
 from self1e.eval.evaluate import PredictorSource, evaluate
 from self1e.inference import Self1ePredictor
 from self1e.train import checkpoint as ckpt
 from self1e.train.batching import TrainBatches
 from self1e.train.config import TrainConfig
-from self1e.train.setup import build_batches, build_model, build_optimizer, configure_trainable
+from self1e.train.setup import build_batches, build_model, build_optimizer, configure_trainable, subset_record
 from self1e.train.sharding import Sharding
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,8 @@ def start_run(cfg: TrainConfig, resume: bool) -> Run:
         model.base.activation_checkpointing_enable({"use_reentrant": False})  # non-reentrant: frozen inputs are fine
     trainable = configure_trainable(model, cfg.lora)
     batches = build_batches(cfg, model, acc.process_index, acc.num_processes)
+    if acc.is_main_process and any(d.max_images is not None for d in cfg.data):
+        write_text_atomic(out / "data_subsets.json", json.dumps(subset_record(cfg, batches.sources)) + "\n")
     val_samples = load_dataset(cfg.val) if cfg.val else None
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(batches) / cfg.grad_accum))
     optimizer, scheduler = build_optimizer(model, cfg, total)

@@ -2,14 +2,17 @@
 batch stream, the optimizer and the LR schedule. Pure construction; the loop is in ``train.loop``."""
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from self1e.data.datasets import load_dataset
+from self1e.data.sample import Sample
 from self1e.model import Self1eModel, load_model
-from self1e.train.batching import Source, TrainBatches
+from self1e.train.batching import Source, TrainBatches, subsample_images
 from self1e.train.config import LoraSettings, TrainConfig
 
 
@@ -75,11 +78,40 @@ def lr_lambda(warmup: int, total: int):
     return factor
 
 
+def load_source(cfg: TrainConfig, index: int, samples: Sequence[Sample] | None = None) -> Source:
+    """Dataset ``index`` of the config's mix: loaded, filtered by kind, subsampled to ``max_images``
+    (a random subset seeded by the run's seed and the dataset's place in the list), ignore regions
+    dropped with ``ignore_as_background``. ``samples``: the dataset as already loaded."""
+    d = cfg.data[index]
+    samples = load_dataset(d.spec, kinds=d.kinds) if samples is None else samples
+    if d.max_images is not None:
+        samples = subsample_images(samples, d.max_images, cfg.seed * 1_000 + index)
+    if d.ignore_as_background:
+        samples = [dataclasses.replace(s, ignore=None) for s in samples]
+    return Source(d.spec, samples, d.ratio, d.group)
+
+
+def build_sources(cfg: TrainConfig) -> list[Source]:
+    return [load_source(cfg, i) for i in range(len(cfg.data))]
+
+
+def subset_record(cfg: TrainConfig, sources: Sequence[Source]) -> dict[str, Any]:
+    """What a run's ``max_images`` subsets hold (the sample ids kept per subsampled dataset), for
+    ``data_subsets.json`` in the run folder: two runs with the same seed keep the same ids."""
+    return {"seed": cfg.seed, "datasets": [{"spec": d.spec, "max_images": d.max_images,
+                                            "sample_ids": [smp.id for smp in src.samples]}
+                                           for d, src in zip(cfg.data, sources) if d.max_images is not None]}
+
+
+def mix_repeats(cfg: TrainConfig) -> dict[str, int] | None:
+    """Group -> repeat factor in repeat mode (in concatenation order); None in ratio mode."""
+    return dict(zip(cfg.mix.groups, cfg.mix.repeats)) if cfg.mix.mode == "repeat" else None
+
+
 def build_batches(cfg: TrainConfig, model: Self1eModel, rank: int, world: int) -> TrainBatches:
     """This rank's endless, resumable stream of training batches over the config's mix."""
-    sources = [Source(d.spec, load_dataset(d.spec, kinds=d.kinds), d.ratio) for d in cfg.data]
-    return TrainBatches(sources, model.processor, cfg.batch_size, cfg.expressions_per_image, cfg.seed,
-                        rank, world, cfg.num_workers)
+    return TrainBatches(build_sources(cfg), model.processor, cfg.batch_size, cfg.expressions_per_image, cfg.seed,
+                        rank, world, cfg.num_workers, mix_repeats(cfg))
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int):
