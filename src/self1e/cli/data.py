@@ -14,7 +14,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-CONVERT_SOURCES = ("refcoco", "refcoco+", "refcocog", "refclef", "grefcoco", "reasonseg", "semseg")
+CONVERT_SOURCES = ("refcoco", "refcoco+", "refcocog", "refclef", "grefcoco", "reasonseg", "semseg", "ade20k",
+                   "cocostuff", "pascal_part", "paco_lvis", "mapillary")
 MAX_PROBLEMS_SHOWN = 20
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""`self1e eval`: cIoU / gIoU / P@X (and N-acc / T-acc) of a model or of saved masks on datasets.
+"""`self1e eval`: cIoU / gIoU / P@X (and N-acc / T-acc) of a model or of saved masks on datasets, and
+a model's VQA accuracy (GQA: exact match) on VQA evaluation sets (internvl_vqa_eval:NAME@ROOT).
 
     self1e eval --model DIR --data SPEC [--data SPEC ...] --out report.json
     self1e eval --predictions DIR --data SPEC --out report.json
@@ -21,7 +22,7 @@ logger = logging.getLogger(__name__)
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "eval",
-        help="evaluate a model, or a folder of predicted masks, on segmentation datasets",
+        help="evaluate a model, or a folder of predicted masks, on segmentation (and VQA) datasets",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -89,6 +90,13 @@ def run(args: argparse.Namespace) -> int:
     started_dist = init_from_env(args.device)
     try:
         datasets = load_named(args.data)  # every dataset first: a bad --data fails before a model loads
+        if args.predictions is not None:
+            from self1e.eval.vqa_metrics import is_vqa_eval
+
+            vqa = [d.spec for d in datasets if is_vqa_eval(d.samples)]
+            if vqa:
+                raise ValueError(f"--data {vqa[0]} is a VQA evaluation set, scored by a model's answers: it needs "
+                                 "--model (--predictions holds masks only)")
         header: dict = {"model": args.model, "predictions": args.predictions, "device": args.device}
         if args.model is not None:
             from self1e.inference import Self1ePredictor

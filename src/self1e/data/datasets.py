@@ -12,8 +12,18 @@ Spec grammar (``ROOT`` is the dataset root folder, laid out as docs/data.md desc
     refclef[:SPLITBY]:SPLIT@ROOT              e.g. refclef:unc:val@/data
     grefcoco[:SPLITBY]:SPLIT@ROOT             e.g. grefcoco:unc:testA@/data
     reasonseg:SPLIT[:all]@ROOT                first text per image; ``:all`` = every text
-    semseg:SPLIT@ROOT                         ADE20K under ROOT/ade20k, e.g. semseg:validation@/data
+    ade20k:SPLIT@ROOT                         ADE20K under ROOT/ade20k, e.g. ade20k:validation@/data
+    semseg:SPLIT@ROOT                         the same as ade20k:SPLIT@ROOT (its older name)
+    cocostuff:SPLIT@ROOT                      COCO-Stuff label maps, e.g. cocostuff:train2017@/data
+    pascal_part:SPLIT@ROOT                    Pascal-Part (VLPart's JSON), e.g. pascal_part:train@/data
+    paco_lvis:SPLIT@ROOT                      PACO-LVIS objects and parts, e.g. paco_lvis:train@/data
+    mapillary:SPLIT@ROOT                      Mapillary Vistas v2.0, e.g. mapillary:training@/data
     vqa:LLAVA_JSON@IMAGE_ROOT                 LLaVA-Instruct conversations as VQA samples
+    internvl_vqa:NAME[=PATH][:MAX_LINES]@ROOT InternVL fine-tuning VQA, NAME vqav2|okvqa|textvqa|vizwiz|gqa
+                                              (ROOT/NAME_train.jsonl; first MAX_LINES lines, default 100000)
+    internvl_vqa:PATH.jsonl[:MAX_LINES]@ROOT  an unnamed set in that layout (default: every line)
+    internvl_vqa_eval:NAME[=PATH][:MAX_LINES]@ROOT  InternVL VQA evaluation file (ROOT/data/NAME/...),
+                                              scored with the set's metric (VQA accuracy, GQA exact match)
     refshapes:SPLIT:N[:SEED[:SIZE[:styled]]]  RefShapes referring expressions generated in memory (no
                                               files); ``styled``: drawn in varied looks and geometry
     refshapes-vqa:SPLIT:N[:SEED[:SIZE[:styled]]]    RefShapes VQA (colour, count, existence)
@@ -28,10 +38,13 @@ from self1e.common.errors import DataError
 from self1e.data.refer import DATASETS as REFER_DATASETS
 from self1e.data.refer import load_refer
 from self1e.data.sample import Sample
+from self1e.data.semseg_sets import READERS as SEMSEG_SETS
+from self1e.data.semseg_sets import load_semseg_set
 
 REFSHAPES = {"refshapes": "refer", "refshapes-vqa": "vqa", "refshapes-multi": "multi"}
 MAX_REFSHAPES_SAMPLES = 10_000_000
-NAMES = (*REFER_DATASETS, "reasonseg", "semseg", "vqa", *REFSHAPES)
+INTERNVL_VQA = ("internvl_vqa", "internvl_vqa_eval")
+NAMES = (*REFER_DATASETS, "reasonseg", *SEMSEG_SETS, "vqa", *INTERNVL_VQA, *REFSHAPES)
 GRAMMAR = __doc__.split("::", 1)[1].rstrip()
 
 
@@ -94,6 +107,9 @@ def _load(spec: str) -> list[Sample]:
         return load_llava(body, root)
     if not Path(root).is_dir():
         raise DataError(f"dataset root folder not found: {root} (from spec {spec!r})")
+    if name in INTERNVL_VQA:
+        from self1e.data.internvl_vqa import load_spec
+        return load_spec(spec, body, root, evaluation=name == "internvl_vqa_eval")
     if name in REFER_DATASETS:
         if len(parts) == 1:
             return load_refer(root, name, parts[0])
@@ -105,7 +121,6 @@ def _load(spec: str) -> list[Sample]:
         if len(parts) == 2 and parts[1] != "all" or len(parts) > 2:
             raise _bad(spec, "expected reasonseg:SPLIT[:all]@ROOT")
         return load_reasonseg(root, parts[0], all_texts=len(parts) == 2)
-    from self1e.data.semseg import load_semseg
     if len(parts) != 1:
-        raise _bad(spec, "expected semseg:SPLIT@ROOT")
-    return load_semseg(root, parts[0])
+        raise _bad(spec, f"expected {name}:SPLIT@ROOT")
+    return load_semseg_set(name, root, parts[0])

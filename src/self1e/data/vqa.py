@@ -38,6 +38,21 @@ def _check_turns(turns: list, where: str) -> None:
             raise DataError(f"{where}: turn {t}: field 'value': expected a string, got {turn.get('value')!r:.80}")
 
 
+def turn_pairs(turns: list, where: str) -> list[tuple[int, str, str]]:
+    """The (human, gpt) pairs of a conversation as ``(t, question, answer)``, ``t`` the index of the
+    human turn: the turns checked (:func:`_check_turns`), ``<image>`` removed from the question,
+    both stripped; an empty question or answer is a DataError naming ``where`` and the turn. The one
+    turn check of the LLaVA and InternVL readers."""
+    pairs = []
+    _check_turns(turns, where)
+    for t in range(0, len(turns), 2):
+        q, a = _clean(turns[t]["value"]), turns[t + 1]["value"].strip()
+        if not q or not a:
+            raise DataError(f"{where}: turn {t if not q else t + 1}: empty {'question' if not q else 'answer'}")
+        pairs.append((t, q, a))
+    return pairs
+
+
 def load_llava(json_path: str | Path, image_root: str | Path) -> list[Sample]:
     """VQA Samples from a LLaVA-Instruct JSON; images are ``image_root / entry["image"]``."""
     json_path, image_root = Path(json_path), Path(image_root)
@@ -55,12 +70,7 @@ def load_llava(json_path: str | Path, image_root: str | Path) -> list[Sample]:
             continue
         if not isinstance(entry["image"], str):
             raise DataError(f"{where}: field 'image': expected a file path string, got {entry['image']!r}")
-        turns = entry["conversations"]
-        _check_turns(turns, where)
-        for t in range(0, len(turns), 2):
-            q, a = _clean(turns[t]["value"]), turns[t + 1]["value"].strip()
-            if not q or not a:
-                raise DataError(f"{where}: turn {t if not q else t + 1}: empty {'question' if not q else 'answer'}")
+        for t, q, a in turn_pairs(entry["conversations"], where):
             samples.append(Sample(exif=False, id=f"{entry.get('id', n)}_{t // 2}", image=image_root / entry["image"],
                                   question=q, answer=a, kind="vqa", where=f"{where} turn {t}"))
     if no_image:

@@ -1,8 +1,10 @@
 """Evaluate, then report: the one pipeline behind ``self1e eval`` and ``self1e demo``.
 
-Each dataset is evaluated in turn (sharded under ``torch.distributed``); with several datasets the
-mask, prediction and overlay folders get one subfolder per dataset, named by its key. Rank 0
-writes ``report.json`` and ``report.md`` and returns the report; other ranks return None.
+Each dataset is evaluated in turn (sharded under ``torch.distributed``): a VQA evaluation set
+(``internvl_vqa_eval:...``) by the model's answers (:mod:`self1e.eval.vqa_metrics`), any other by
+its masks; with several datasets the mask, prediction and overlay folders get one subfolder per
+dataset, named by its key. Rank 0 writes ``report.json`` and ``report.md`` and returns the report;
+other ranks return None.
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from self1e.common.distributed import rank_world
 from self1e.data.datasets import load_dataset
 from self1e.data.sample import Sample
 from self1e.eval.evaluate import PredictionSource, evaluate
-from self1e.eval.report import build_report, dataset_entry, dataset_key, write_report
+from self1e.eval.report import build_report, dataset_entry, dataset_key, vqa_dataset_entry, write_report
+from self1e.eval.vqa_metrics import evaluate_vqa, is_vqa_eval
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,14 @@ def evaluate_to_report(
 
     entries = {}
     for d in datasets:
+        if is_vqa_eval(d.samples):
+            predictor = getattr(source_for(d), "predictor", None)
+            if predictor is None:
+                raise ValueError(f"{d.spec}: a VQA evaluation set is scored by the model's answers; it needs a "
+                                 "model (--model), not a folder of predicted masks")
+            result = evaluate_vqa(predictor, d.samples, limit=limit, progress=progress, desc=d.key)
+            entries[d.key] = vqa_dataset_entry(d.spec, result)
+            continue
         masks_dir, draw_dir = folder(save_masks, d), folder(overlay_dir, d) if overlays else None
         result = evaluate(source_for(d), d.samples, batch_size=batch_size, limit=limit, save_masks=masks_dir,
                           overlays=overlays, overlay_dir=draw_dir, progress=progress, desc=d.key)

@@ -28,6 +28,13 @@ Schema (``schema_version`` 1; metric values are fractions in [0, 1], null where 
                            "right_count_rate": float},   # requests, model asked freely; else absent
           "seconds": float, "samples_per_s": float,  # slowest rank's loop time
           "save_masks": str | null, "overlays": str | null
+        },
+        "<key of a VQA evaluation set>": {           # internvl_vqa_eval:... (self1e.eval.vqa_metrics)
+          "spec": str, "task": "vqa", "metric": "vqa_accuracy" | "exact_match",
+          "n": int, "accuracy": float,               # mean score of the model's greedy answers
+          "answered_with_seg_rate": float,           # share of answers holding [SEG]
+          "counts": {"n", "score_numerator", "score_denominator", "answered_with_seg": int},
+          "seconds": float, "samples_per_s": float
         }
       }
     }
@@ -45,6 +52,7 @@ from typing import Any
 from self1e.common.files import write_text_atomic
 from self1e.eval.evaluate import EvalResult
 from self1e.eval.metrics import THRESHOLD_NAMES
+from self1e.eval.vqa_metrics import METRIC_NAMES, VQA_MAX_NEW_TOKENS, VqaResult
 
 SCHEMA_VERSION = 1
 
@@ -63,7 +71,12 @@ PROTOCOL: dict[str, Any] = {
     "ignore": "ignore-region pixels are removed from both prediction and truth before counting",
     "reasonseg_text": "the first text of each image (the loader's default; a reasonseg:SPLIT:all@ROOT "
     "spec evaluates every text)",
-    "vqa_samples": "skipped and counted (skipped_vqa)",
+    "vqa_samples": "VQA samples of a segmentation dataset: skipped and counted (skipped_vqa)",
+    "vqa_eval": "VQA evaluation sets (internvl_vqa_eval): the model answers each prompted question greedily "
+    f"(chat, at most {VQA_MAX_NEW_TOKENS} new tokens); VQAv2, OK-VQA, TextVQA, VizWiz: VQA accuracy (min(#humans "
+    "giving the answer / 3, 1), averaged over the 10 leave-one-out sets of 9 of the 10 human answers, after the "
+    "official answer normalisation, applied always); GQA: exact match (stripped, trailing periods dropped, "
+    "lower-cased)",
     "multi_object": "each object of a multi-object request is a sample (teacher-forced, one [SEG] per "
     "object); seg_emission counts the [SEG] the model writes when asked freely (greedy) against the "
     "objects asked for",
@@ -128,6 +141,15 @@ def dataset_entry(
     return entry
 
 
+def vqa_dataset_entry(spec: str, result: VqaResult) -> dict[str, Any]:
+    """One ``datasets[<key>]`` entry of the report for a VQA evaluation set."""
+    acc = result.accumulator
+    return {"spec": spec, "task": "vqa", "metric": acc.metric, "n": acc.n, "accuracy": acc.accuracy,
+            "answered_with_seg_rate": acc.answered_with_seg / acc.n if acc.n else None, "counts": acc.counts(),
+            "seconds": round(result.seconds, 4),
+            "samples_per_s": None if result.samples_per_s is None else round(result.samples_per_s, 3)}
+
+
 def build_report(
     datasets: dict[str, dict[str, Any]],
     *,
@@ -172,22 +194,26 @@ def _pct(value: float | None) -> str:
 
 
 def markdown_table(report: dict[str, Any]) -> str:
-    """The report as a markdown table (percentages), one row per dataset and one per kind."""
-    datasets = report["datasets"]
+    """The report as a markdown table (percentages), one row per dataset and one per kind; VQA
+    evaluation sets in a table of their own below it (the only table when there is no other)."""
+    datasets = {k: d for k, d in report["datasets"].items() if d.get("task") != "vqa"}
+    vqa = {k: d for k, d in report["datasets"].items() if d.get("task") == "vqa"}
     with_nt = any("N_acc" in d for d in datasets.values())
     cols = ["cIoU", "gIoU", *THRESHOLD_NAMES] + (["N_acc", "T_acc"] if with_nt else [])
     source = report.get("model") or f"predictions {report.get('predictions')}"
-    lines = [
-        f"Evaluation of {source} ({report['date']}); values in %.",
-        "",
-        "| dataset | n | " + " | ".join(c.replace("_", "-") for c in cols) + " |",
-        "|---|---:|" + "---:|" * len(cols),
-    ]
+    lines = [f"Evaluation of {source} ({report['date']}); values in %."]
+    if datasets or not vqa:
+        lines += ["", "| dataset | n | " + " | ".join(c.replace("_", "-") for c in cols) + " |",
+                  "|---|---:|" + "---:|" * len(cols)]
     for key, d in datasets.items():
         rows = [(key, d)] + [(f"{key} / {k}", sub) for k, sub in d.get("kinds", {}).items()]
         for name, m in rows:
             cells = [_pct(m.get(c)) if c in m else "-" for c in cols]
             lines.append(f"| {name} | {m['n']} | " + " | ".join(cells) + " |")
+    if vqa:
+        lines += ["", "| VQA dataset | n | metric | accuracy |", "|---|---:|---|---:|"]
+        lines += [f"| {key} | {d['n']} | {METRIC_NAMES.get(d['metric'], d['metric'])} | {_pct(d['accuracy'])} |"
+                  for key, d in vqa.items()]
     if report.get("chat"):
         lines += ["", chat_table(report["chat"]).rstrip()]
     thr = report.get("throughput", {})
