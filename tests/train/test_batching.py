@@ -163,7 +163,8 @@ def kind_of_units(plan: BatchPlan) -> set[str]:
 
 def test_errors_name_the_problem(processor):
     with pytest.raises(ValueError, match="fewer than one micro-batch"):
-        BatchPlan([Source("a", seg_samples(1, 1))], 2, 3, 0)
+        TrainBatches([Source("a", seg_samples(1, 1))], processor, 2, 3, 0)
+    assert BatchPlan([Source("a", seg_samples(1, 1))], 2, 3, 0).length == 0  # `data plan` reports it instead
     with pytest.raises(ValueError, match="ratio"):
         BatchPlan([Source("a", seg_samples(2, 1), ratio=0)], 1, 3, 0)
 

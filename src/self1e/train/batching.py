@@ -128,10 +128,8 @@ class BatchPlan:
                         "DDP would report it unused)")
         units = int(self.counts.sum())
         per_round = batch_size * world_size
+        self.units = units
         self.length = (units // per_round) * world_size  # micro-batches per epoch, all ranks together
-        if self.length == 0:
-            raise ValueError(f"the training mix has {units} units (images x up to {k} expressions), fewer than "
-                             f"one micro-batch of {batch_size} per process x {world_size} processes")
         self._cache: tuple[int, list[list[Unit]]] | None = None
 
     def epoch(self, e: int) -> list[list[Unit]]:
@@ -215,6 +213,9 @@ class TrainBatches:
                  seed: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0,
                  repeats: Mapping[str, int] | None = None) -> None:
         self.plan = BatchPlan(sources, batch_size, k, seed, world_size, repeats)
+        if self.plan.length == 0:
+            raise ValueError(f"the training mix has {self.plan.units} units (images x up to {k} expressions), fewer "
+                             f"than one micro-batch of {batch_size} per process x {world_size} processes")
         self.sources, self.processor, self.seed = self.plan.sources, processor, seed
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         self.epoch, self.position = 0, 0  # position: global index of the next micro-batch of the epoch

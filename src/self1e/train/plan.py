@@ -56,6 +56,9 @@ def data_plan(cfg: TrainConfig, processes: int = 1) -> dict[str, Any]:
     out["units_per_epoch"] = int(units.sum())
     out["micro_batches_per_epoch"] = plan.length
     out["steps_per_epoch"] = plan.length // (processes * cfg.grad_accum)
+    if plan.length == 0:
+        out["problems"] = [f"{plan.units} units are fewer than one micro-batch of {cfg.batch_size} per process x "
+                           f"{processes} processes: training would refuse to start"]
     return out
 
 
@@ -64,19 +67,22 @@ def format_plan(plan: dict[str, Any]) -> str:
     lines = [f"mix: {plan['mix']}; global batch {plan['global_batch']} = {plan['batch_size']} images x "
              f"{plan['grad_accum']} accumulation x {plan['processes']} processes (up to "
              f"{plan['expressions_per_image']} expressions per image)", ""]
-    head = f"{'dataset':<58} {'group':<11} {'found':>9} {'images':>8} {'kept':>9} {'units/epoch':>12} {'share':>7}"
+    w = max([len("dataset")] + [len(r["spec"]) for r in plan["datasets"]])
+    head = f"{'dataset':<{w}} {'group':<11} {'found':>9} {'images':>8} {'kept':>9} {'units/epoch':>12} {'share':>7}"
     lines += [head, "-" * len(head)]
     for r in plan["datasets"]:
         if "error" in r:
-            lines.append(f"{r['spec']:<58} {str(r['group']):<11} MISSING: {r['error']}")
+            lines.append(f"{r['spec']:<{w}} {str(r['group']):<11} MISSING: {r['error']}")
             continue
-        lines.append(f"{r['spec']:<58} {str(r['group']):<11} {r['samples_found']:>9,} {r['images_found']:>8,} "
+        lines.append(f"{r['spec']:<{w}} {str(r['group']):<11} {r['samples_found']:>9,} {r['images_found']:>8,} "
                      f"{r['samples_kept']:>9,} {r.get('units_per_epoch', 0):>12,} {r.get('share', 0):>7.1%}")
     if "groups" in plan:
         lines += ["", "groups: " + ", ".join(f"{g} {v['share']:.1%} ({v['units_per_epoch']:,} units)"
                                             for g, v in plan["groups"].items())]
         lines.append(f"per epoch: {plan['units_per_epoch']:,} units, {plan['micro_batches_per_epoch']:,} "
                      f"micro-batches, {plan['steps_per_epoch']:,} optimiser steps")
+    for problem in plan.get("problems", []):
+        lines += ["", f"problem: {problem}"]
     if plan["missing"]:
         lines += ["", f"{len(plan['missing'])} dataset(s) missing or empty: " + ", ".join(plan["missing"])]
     return "\n".join(lines)
