@@ -47,3 +47,20 @@ def test_a_missing_source_is_named_and_fails_the_plan(tree, tmp_path, capsys):
     assert main(["data", "plan", str(config)]) == 1
     out = capsys.readouterr().out
     assert "paco_lvis:val@" in out and "MISSING" in out and "1 dataset(s) missing" in out
+
+
+def test_two_training_steps_on_the_paper_mix_of_fixtures(tree, tmp_path):
+    """The paper config itself (its mix, caps, prompt) drives a tiny model for two CPU steps."""
+    from self1e.train.loop import train
+
+    config = paper_config(PAPER_CONFIGS[1], tree, tmp_path / "seg.yaml")
+    cfg = load_config(config, ["model=tiny:tiny", "lora.enabled=false", "batch_size=2", "grad_accum=1",
+                               "max_steps=2", "warmup_steps=1", "gradient_checkpointing=false", "num_workers=0",
+                               "val=null", "save_every=0", "log_every=1", "bf16=false"], out=str(tmp_path / "run"))
+    final = train(cfg)
+    steps = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert [s["step"] for s in steps] == [1, 2] and all(s["mask_loss"] > 0 for s in steps)
+    saved = json.loads((final / "self1e_config.json").read_text())
+    assert saved["prompt"]["system"] == "You are an helpful assistant." and saved["use_thumbnail"] is False
+    subsets = json.loads((tmp_path / "run" / "data_subsets.json").read_text())
+    assert [d["spec"].split(":")[0] for d in subsets["datasets"]] == ["cocostuff", "paco_lvis"]
