@@ -13,7 +13,6 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     from self1e.common.overlay import draw_masks
     from self1e.data.datasets import load_dataset
-    from self1e.demo.web import PALETTE
     from self1e.inference import Self1ePredictor
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -34,9 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         image = sample.load_image()
         predictor.set_image(image)
         response = predictor.chat(message)
-        colors = [PALETTE[k % len(PALETTE)] for k in range(len(response.segments))]
         picture = out / f"{name}.png"
-        draw_masks(image, response.masks, colors).save(picture)
+        draw_masks(image, response.masks).save(picture)
         rows.append({"case": name, "message": message, "answer": response.text,
                      "expected": sample.answer if sample.is_vqa else None,
                      "segments": [{"phrase": s.text, "pixels": int(s.mask.sum()), "score": round(s.score, 3)}

@@ -73,3 +73,15 @@ def test_vqa_preserved_and_seg_emission_run_end_to_end(tmp_path):
     runs = json.loads(out.read_text())["runs"]
     assert [r["causal_lm_loss"] for r in runs] == [False, True]
     assert all(r["seg_token_loss_causal"] > 0 and 0 <= r["vqa_without_seg"] <= 1 for r in runs)
+
+
+@pytest.mark.slow
+def test_bench_serve_measures_both_batching_modes(tmp_path):
+    out = tmp_path / "serve.json"
+    args = ["--model", "tiny:tiny", "--requests", "4", "--clients", "1,4", "--out", str(out)]
+    assert load_script("bench_serve").main(args) == 0
+    result = json.loads(out.read_text())
+    assert [(r["batching"], r["clients"]) for r in result["rows"]] == [(True, 1), (True, 4), (False, 1), (False, 4)]
+    assert all(r["requests"] == 4 and r["requests_per_s"] > 0 and r["p95_ms"] >= r["p50_ms"] for r in result["rows"])
+    assert set(result["ratios"]) == {"1_clients_throughput_batched_over_unbatched",
+                                     "4_clients_throughput_batched_over_unbatched"}

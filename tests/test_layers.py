@@ -1,6 +1,6 @@
 """The package's layering, read from the source with ``ast`` (nothing is imported).
 
-Layers, bottom to top: common < {model, data} < inference < eval < train < demo < cli, where model
+Layers, bottom to top: common < {model, data} < inference < eval < train < serve < demo < cli, where model
 and data are siblings that must not import each other. Every ``self1e.*`` import counts, also those
 inside functions; relative imports are not used. The import graph between modules is acyclic.
 """
@@ -13,7 +13,8 @@ import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 PACKAGE = SRC / "self1e"
-LAYERS = {"common": 0, "model": 1, "data": 1, "inference": 2, "eval": 3, "train": 4, "demo": 5, "cli": 6}
+LAYERS = {"common": 0, "model": 1, "data": 1, "inference": 2, "eval": 3, "train": 4, "serve": 5, "demo": 6,
+          "cli": 7}
 SIBLINGS = {frozenset({"model", "data"})}
 
 

@@ -35,6 +35,29 @@ def test_segment_cli_writes_masks_overlay_and_rle(tiny_model_dir, tmp_path):
     assert rc == 0 and sorted(p.name for p in (tmp_path / "many").iterdir()) == ["0.png", "1.png"]
 
 
+def test_segment_overlay_alone_draws_every_mask_with_a_legend(tiny_model_dir, tmp_path, capsys):
+    from self1e import Self1ePredictor
+    from self1e.common.overlay import draw_masks, pick_colours
+
+    img = write_image(tmp_path / "wide.jpg")
+    texts = ["the circle", "the box"]
+    args = ["segment", "--model", str(tiny_model_dir), "--image", str(img), "--overlay", str(tmp_path / "o.png")]
+    assert main(args + [x for t in texts for x in ("--text", t)]) == 0
+    picture = np.asarray(Image.open(tmp_path / "o.png"))
+    predictor = Self1ePredictor.from_pretrained(tiny_model_dir, device="cpu")
+    image = Image.open(img).convert("RGB")
+    predictor.set_image(image)
+    masks = [r.mask for r in predictor.predict_batch(texts)]
+    colours = pick_colours(image, masks)
+    assert np.array_equal(picture[:40], np.asarray(draw_masks(image, masks, colours)))  # the picture, then
+    legend = picture[40:]
+    assert legend.shape[0] > 2 * 12  # one legend row per expression
+    for c in colours:  # each mask's swatch is in the legend
+        assert (legend.reshape(-1, 3) == np.array(c)).all(1).any()
+    assert main(["segment", "--model", str(tiny_model_dir), "--image", str(img), "--text", "the box"]) == 2
+    assert "nothing to write" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("case", ["missing", "corrupt", "empty_text", "missing_model"])
 def test_segment_cli_bad_input_exits_nonzero_without_traceback(case, tiny_model_dir, tmp_path, capsys):
     img = write_image(tmp_path / "ok.png")

@@ -134,3 +134,20 @@ def test_seg_phrases(answer, phrases):
     from self1e.inference import seg_phrases
 
     assert seg_phrases(answer) == phrases
+
+
+def test_predict_images_matches_one_image_at_a_time(predictor):
+    rng = np.random.default_rng(7)
+    images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in ((40, 60), (56, 56), (30, 20))]
+    texts = [["the red circle", "the blue star"], [], ["all the boxes"]]
+    together = predictor.predict_images(images, texts)
+    assert [len(r) for r in together] == [2, 0, 1]
+    for image, group, results in zip(images, texts, together):
+        if not group:
+            continue
+        predictor.set_image(image)
+        for alone, joint in zip(predictor.predict_batch(group), results):
+            assert joint.mask.shape == image.shape[:2] and joint.text == alone.text
+            assert np.allclose(joint.logits, alone.logits, atol=1e-4)
+    with pytest.raises(ValueError, match="3 images but 2 lists"):
+        predictor.predict_images(images, texts[:2])

@@ -58,7 +58,7 @@ def _segment_case(case: str, tmp_path, image) -> tuple[list, list[str]]:
     if case == "several_texts_out_folder_holds_image":
         return ["--text", "the box", "--out", image.parent], ["--out", "--image"]
     if case == "several_texts_overlay_folder_is_out_folder":
-        return ["--text", "the box", "--out", d / "many", "--overlay", d / "many"], ["--out", "--overlay"]
+        return ["--text", "the box", "--out", d / "many", "--overlay", d / "many" / "1.png"], ["--out", "--overlay"]
     raise AssertionError(case)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from self1e.cli.options import add_device, add_model
+from self1e.cli.serve import add_server_options
 
 
 def add_parser(sub) -> None:
@@ -17,8 +18,9 @@ def add_parser(sub) -> None:
                    help="training time budget with --train (default: %(default)s)")
     p.add_argument("--model-dir", default=None, metavar="DIR",
                    help="where --train writes its run (default: runs/demo-train-<time>)")
-    p.add_argument("--web", action="store_true", help="serve the interactive web demo instead (needs self1e[demo])")
-    p.add_argument("--port", type=int, default=7860, metavar="PORT", help="port of the web demo (on 127.0.0.1)")
+    p.add_argument("--web", action="store_true",
+                   help="serve the web page (and the HTTP API) instead, as `self1e serve` does")
+    add_server_options(p)
     p.set_defaults(run=run)
 
 
@@ -32,12 +34,9 @@ def run(args) -> int:
         run_dir = args.model_dir or time.strftime("runs/demo-train-%Y%m%d-%H%M%S")
         model = str(train_default_recipe(run_dir, budget_minutes=args.budget_minutes))
     if args.web:
-        from self1e.demo.web import build_app
-        from self1e.inference import Self1ePredictor
+        from self1e.cli.serve import serve
 
-        build_app(Self1ePredictor.from_pretrained(model, device=args.device)).launch(
-            server_name="127.0.0.1", server_port=args.port)
-        return 0
+        return serve(args, model)
     from self1e.demo.run import run_demo
 
     run_demo(model, args.out, seed=args.seed, device=args.device)

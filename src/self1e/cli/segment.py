@@ -13,11 +13,12 @@ def add_parser(sub) -> None:
     p.add_argument("--image", required=True, metavar="PATH", help="any image file Pillow reads")
     p.add_argument("--text", action="append", required=True, metavar="TEXT",
                    help="a referring expression (repeat for several)")
-    p.add_argument("--out", required=True, metavar="PATH",
+    p.add_argument("--out", metavar="PATH",
                    help="mask PNG (0/255, a .png name); with several --text, a folder of 0.png, 1.png, ...")
     p.add_argument("--overlay", metavar="PATH",
-                   help="also write an overlay picture, any format Pillow writes (a folder with several --text)")
-    p.add_argument("--json", metavar="PATH", help="also write the masks as COCO RLE with scores")
+                   help="a picture of every mask on the image with a legend (as the web page draws it), any "
+                        "format Pillow writes")
+    p.add_argument("--json", metavar="PATH", help="the masks as COCO RLE with scores")
     add_device(p)
     add_settings(p)
     p.set_defaults(run=run)
@@ -29,7 +30,7 @@ def run(args) -> int:
 
     from self1e.common.files import check_outputs, write_text_atomic
     from self1e.common.images import check_mask_path, image_format, save_image, to_rgb, write_mask_png
-    from self1e.common.overlay import overlay
+    from self1e.common.overlay import draw_masks, legend, pick_colours
     from self1e.inference import Self1ePredictor
     from self1e.inference.predictor import check_texts, pick_device
 
@@ -43,8 +44,10 @@ def run(args) -> int:
         return [Path(arg) / f"{i}.png" for i in range(len(texts))] if len(texts) > 1 else [Path(arg)]
 
     # every check that needs no model first: a bad path or option fails before the model loads
-    outs = [check_mask_path(p) for p in paths(args.out)]
-    overlays = paths(args.overlay) if args.overlay else []
+    if not (args.out or args.overlay or args.json):
+        raise ValueError("nothing to write: give --out (mask PNGs), --overlay (a picture) and/or --json (RLE)")
+    outs = [check_mask_path(p) for p in paths(args.out)] if args.out else []
+    overlays = [Path(args.overlay)] if args.overlay else []
     for p in overlays:
         image_format(p)
     check_outputs({"--out": outs, "--overlay": overlays, "--json": [args.json]}, {"--image": [args.image]})
@@ -55,10 +58,17 @@ def run(args) -> int:
     results = predictor.predict_batch(texts)
 
     for i, r in enumerate(results):
-        write_mask_png(r.mask, outs[i])
-        if overlays:
-            save_image(overlay(image, r.mask, r.text), overlays[i])
-        print(f"{r.text!r}: {int(r.mask.sum())} px, score {r.score:.3f} -> {outs[i]}")
+        if outs:
+            write_mask_png(r.mask, outs[i])
+        where = f" -> {outs[i]}" if outs else ""
+        print(f"{r.text!r}: {int(r.mask.sum())} px, score {r.score:.3f}{' (no target)' if r.empty else ''}{where}")
+    if overlays:
+        colours = pick_colours(image, [r.mask for r in results])
+        picture = draw_masks(image, [r.mask for r in results], colours)
+        entries = [(c, f"{r.text}: {'no target' if r.empty else f'{int(r.mask.sum())} px'}, score {r.score:.2f}")
+                   for c, r in zip(colours, results)]
+        save_image(legend(picture, entries), overlays[0])
+        print(f"overlay -> {overlays[0]}")
     if args.json:
         items = []
         for r in results:

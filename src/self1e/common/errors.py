@@ -4,3 +4,7 @@ from __future__ import annotations
 
 class DataError(ValueError):
     """Bad input data; the message names the file, line and field."""
+
+
+class TooLargeError(DataError):
+    """Input over a size limit (pixels, bytes); the message names the limit and how to raise it."""

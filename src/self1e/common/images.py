@@ -36,6 +36,7 @@ Rules, the same for every reader:
 """
 from __future__ import annotations
 
+import io
 import os
 import threading
 import warnings
@@ -45,9 +46,9 @@ from pathlib import Path
 from typing import IO, TypeVar
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from self1e.common.errors import DataError
+from self1e.common.errors import DataError, TooLargeError
 from self1e.common.files import atomic_write
 
 ImageLike = str | Path | Image.Image | np.ndarray
@@ -87,7 +88,7 @@ def max_image_pixels(max_pixels: int | None = None) -> int:
 def _check_pixels(size: tuple[int, int], limit: int, what: str) -> None:
     w, h = size
     if w * h > limit:
-        raise DataError(f"{what} is {w}x{h} = {w * h:,} pixels, over the limit of {limit:,} pixels "
+        raise TooLargeError(f"{what} is {w}x{h} = {w * h:,} pixels, over the limit of {limit:,} pixels "
                         f"(raise it with {PIXEL_LIMIT_ENV} or max_pixels=)")
 
 
@@ -109,23 +110,28 @@ def _open_header(f: IO[bytes]) -> Image.Image:
 
 
 @contextmanager
-def _opened(path: str | Path, what: str, max_pixels: int | None) -> Iterator[Image.Image]:
-    """The file's header, checked against the pixel limit; decoding errors in the block (and a
-    missing file) raise DataError naming the file. Pixels must be loaded inside the block."""
-    path = Path(path)
+def _opened(path: str | Path | bytes, what: str, max_pixels: int | None) -> Iterator[Image.Image]:
+    """The file's (or the bytes') header, checked against the pixel limit; decoding errors in the
+    block (and a missing file) raise DataError naming the file. Pixels must be loaded inside the block."""
     limit = max_image_pixels(max_pixels)
-    if not path.is_file():
-        raise DataError(f"{what} not found: {path}")
+    if isinstance(path, bytes):
+        label, stream = what, io.BytesIO(path)
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{what} not found: {path}")
+        label, stream = f"{what} {path}", None
     try:
-        with warnings.catch_warnings(), path.open("rb") as f:
+        with warnings.catch_warnings(), (stream or path.open("rb")) as f:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = _open_header(f)
-            _check_pixels(im.size, limit, f"{what} {path}")
+            _check_pixels(im.size, limit, label)
             yield im
     except DataError:
         raise
     except _DECODE_ERRORS as e:
-        raise DataError(f"cannot read {what} {path}: {e}") from None
+        why = "not an image format Pillow recognises" if isinstance(e, UnidentifiedImageError) else e
+        raise DataError(f"cannot read {label}: {why}") from None
 
 
 def _orientation(im: Image.Image) -> int:
@@ -151,6 +157,25 @@ def open_image(path: str | Path, max_pixels: int | None = None, exif: bool = Tru
         orientation = _orientation(im) if exif else 1  # from the header, as image_size reads it
         im.load()
         return _pil_to_rgb(_upright(im, orientation))
+
+
+def decode_image(data: bytes, what: str = "the uploaded image", max_pixels: int | None = None,
+                 reduce_to: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """Encoded image bytes (an upload) as :func:`open_image` reads a file: RGB, upright by EXIF;
+    DataError naming ``what`` when they are empty, not an image, corrupt or over the pixel limit.
+    Returns the image and its full (width, height), upright. ``reduce_to``: a JPEG of more pixels
+    may be decoded at a reduced scale (1/2, 1/4, 1/8; Pillow's draft mode), never below that many
+    pixels, so a huge upload costs a fraction to decode; other formats decode in full."""
+    if not data:
+        raise DataError(f"{what} is empty (0 bytes)")
+    with _opened(data, what, max_pixels) as im:
+        orientation = _orientation(im)
+        w, h = im.size
+        if reduce_to is not None and w * h > reduce_to and im.format == "JPEG":
+            scale = (reduce_to / (w * h)) ** 0.5
+            im.draft("RGB", (max(1, int(w * scale)), max(1, int(h * scale))))
+        im.load()
+        return _pil_to_rgb(_upright(im, orientation)), ((h, w) if orientation in _SWAPS_SIDES else (w, h))
 
 
 def image_size(path: str | Path, max_pixels: int | None = None, exif: bool = True) -> tuple[int, int]:

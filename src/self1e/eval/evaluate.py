@@ -23,7 +23,7 @@ from self1e.common.errors import DataError
 from self1e.common.images import image_size, read_mask, save_image, write_mask_png
 from self1e.common.overlay import overlay
 from self1e.data.sample import Sample
-from self1e.eval.metrics import IoUAccumulator
+from self1e.eval.metrics import IoUAccumulator, score_sample
 
 logger = logging.getLogger(__name__)
 
@@ -305,8 +305,9 @@ def _run_shard(
                     write_mask_png(pred, save_dir / mask_filename(s.id))
             if draw_dir is not None and it.index < overlays:
                 image = it.image if it.image is not None else s.load_image()
-                save_image(overlay(image, pred, s.text, gt=s.load_mask(it.size)),
-                           draw_dir / f"{it.index:05d}_{mask_filename(s.id)}")
+                gt = s.load_mask(it.size)
+                caption = f"{s.text}  (IoU {score_sample(pred, gt, ignore).iou:.2f})"
+                save_image(overlay(image, pred, caption, gt=gt), draw_dir / f"{it.index:05d}_{mask_filename(s.id)}")
         bar.update(len(items))
         if acc.ciou is not None:
             bar.set_postfix(cIoU=f"{100 * acc.ciou:.2f}")

@@ -180,17 +180,31 @@ class Self1ePredictor:
         texts = check_texts(texts)
         return [to_result(t, lg) for t, lg in zip(texts, self.predict_torch(texts))]
 
-    @torch.inference_mode()
     def predict_many(self, images: Sequence[ImageLike], texts: Sequence[str]) -> list[SegmentationResult]:
         """One expression per image, all in one batch (used by evaluation); the current image is untouched."""
         if len(images) != len(texts):
             raise ValueError(f"got {len(images)} images but {len(texts)} texts")
-        texts = check_texts(texts)
+        return [r for (r,) in self.predict_images(images, [[t] for t in texts])]
+
+    @torch.inference_mode()
+    def predict_images(self, images: Sequence[ImageLike],
+                       texts: Sequence[Sequence[str]]) -> list[list[SegmentationResult]]:
+        """Several images with several expressions each, in one pass: ``texts[i]`` are the
+        expressions of ``images[i]``; each image is encoded once; masks at each image's size. The
+        current image is untouched."""
+        if len(images) != len(texts):
+            raise ValueError(f"got {len(images)} images but {len(texts)} lists of texts")
+        flat = check_texts([t for group in texts for t in group])
+        if not flat:
+            return [[] for _ in images]
         inputs = [self.processor.image_input(im) for im in images]
-        batch = self.processor.segmentation_batch(inputs, texts).to(self.device, self.model.dtype)
-        out = self.model(batch)
-        return [to_result(t, resize_logits(lg[None].float(), (im.size[1], im.size[0]))[0])
-                for t, lg, im in zip(texts, out.mask_logits, inputs)]
+        index = [i for i, group in enumerate(texts) for _ in group]
+        batch = self.processor.segmentation_batch(inputs, flat, index).to(self.device, self.model.dtype)
+        out: list[list[SegmentationResult]] = [[] for _ in images]
+        for t, lg, i in zip(flat, self.model(batch).mask_logits, index):
+            w, h = inputs[i].size
+            out[i].append(to_result(t, resize_logits(lg[None].float(), (h, w))[0]))
+        return out
 
     @torch.inference_mode()
     def predict_objects(self, request: str, phrases: Sequence[str]) -> list[SegmentationResult]:
