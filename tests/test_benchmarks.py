@@ -85,3 +85,14 @@ def test_bench_serve_measures_both_batching_modes(tmp_path):
     assert all(r["requests"] == 4 and r["requests_per_s"] > 0 and r["p95_ms"] >= r["p50_ms"] for r in result["rows"])
     assert set(result["ratios"]) == {"1_clients_throughput_batched_over_unbatched",
                                      "4_clients_throughput_batched_over_unbatched"}
+
+
+@pytest.mark.slow
+def test_bench_threads_measures_idle_and_loaded(tmp_path):
+    out = tmp_path / "threads.json"
+    assert load_script("bench_threads").main(["--samples", "4", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["settings"] for r in rows] == ["self1e", "torch-default"]
+    for r in rows:
+        assert r["idle_s"] > 0 and r["beside_torch_s"] > 0 and r["beside_python_s"] > 0
+        assert abs(r["beside_torch_over_idle"] - r["beside_torch_s"] / r["idle_s"]) < 0.02

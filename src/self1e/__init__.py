@@ -8,6 +8,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from self1e.common.threads import prepare_openmp
+
+prepare_openmp()  # before torch loads OpenMP: waiting threads sleep (self1e.common.threads)
 __version__ = "0.1.0"
 
 _EXPORTS = {

@@ -46,7 +46,8 @@ def run(args) -> int:
         raise ValueError(f"--out {args.out} is a file; give a folder for the overlays and masks")
     pick_device(args.device)
     image = to_rgb(args.image)  # fails early, naming the file, before the model loads
-    predictor = Self1ePredictor.from_pretrained(args.model, device=args.device, config=settings_from(args))
+    predictor = Self1ePredictor.from_pretrained(args.model, device=args.device, config=settings_from(args),
+                                                threads=args.threads)
     predictor.set_image(image)
     out = Path(args.out)
     interactive = not args.message

@@ -39,5 +39,5 @@ def run(args) -> int:
         return serve(args, model)
     from self1e.demo.run import run_demo
 
-    run_demo(model, args.out, seed=args.seed, device=args.device)
+    run_demo(model, args.out, seed=args.seed, device=args.device, threads=args.threads)
     return 0

@@ -101,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
         if args.model is not None:
             from self1e.inference import Self1ePredictor
 
-            predictor = Self1ePredictor.from_pretrained(args.model, device=args.device, config=settings)
+            predictor = Self1ePredictor.from_pretrained(args.model, device=args.device, config=settings,
+                                                        threads=args.threads)
             model_source = PredictorSource(predictor)
             header.update(device=str(predictor.device), self1e=predictor.model.config.to_dict())
 

@@ -14,6 +14,9 @@ def add_model(p: argparse.ArgumentParser | argparse._ArgumentGroup, default: str
 def add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, metavar="DEVICE",
                    help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads (default: 1 for a small model such as the shipped one, every CPU for a "
+                        "large one; 0 = torch's default; also $SELF1E_THREADS)")
 
 
 def add_settings(p: argparse.ArgumentParser) -> None:

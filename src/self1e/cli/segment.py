@@ -53,7 +53,8 @@ def run(args) -> int:
     check_outputs({"--out": outs, "--overlay": overlays, "--json": [args.json]}, {"--image": [args.image]})
     pick_device(args.device)
     image = to_rgb(args.image)  # fails early, naming the file
-    predictor = Self1ePredictor.from_pretrained(args.model, device=args.device, config=settings_from(args))
+    predictor = Self1ePredictor.from_pretrained(args.model, device=args.device, config=settings_from(args),
+                                                threads=args.threads)
     predictor.set_image(image)
     results = predictor.predict_batch(texts)
 

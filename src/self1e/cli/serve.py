@@ -51,7 +51,8 @@ def serve(args, model: str) -> int:
         raise ValueError(f"--port must be between 1 and 65535, got {args.port}")
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), model_pixels=args.model_pixels)
     settings = ServeSettings(args.max_batch, args.batch_wait_ms, args.queue_size, limits)
-    predictor = Self1ePredictor.from_pretrained(model, device=args.device, config=settings_from(args) or None)
+    predictor = Self1ePredictor.from_pretrained(model, device=args.device, config=settings_from(args) or None,
+                                                threads=args.threads)
     app = build_app(predictor, str(model), settings)
     print(f"self1e: serving {model} on http://{args.host}:{args.port}/ (API: /api, /openapi.json); Ctrl-C stops")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

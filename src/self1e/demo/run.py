@@ -28,11 +28,11 @@ def refshapes_samples(split: str, n: int, seed: int, size: int = 224) -> list:
 
 
 def run_demo(model: str = "default", out: str | Path = "demo-out", seed: int = 2026, n_scale: float = 1.0,
-             overlays: int = 8, batch_size: int = 16, device: str | None = None) -> dict:
+             overlays: int = 8, batch_size: int = 16, device: str | None = None, threads: int | None = None) -> dict:
     """Evaluate ``model`` on fresh RefShapes test splits; write overlays (one folder per split) and
     ``report.json`` into ``out``. Returns the report dict (see ``self1e.eval.report``)."""
     out = Path(out)
-    predictor = Self1ePredictor.from_pretrained(model, device=device)
+    predictor = Self1ePredictor.from_pretrained(model, device=device, threads=threads)
     source = PredictorSource(predictor)
     datasets = [NamedDataset(f"refshapes-{split}", f"refshapes:{split}:seed={seed}",
                              refshapes_samples(split, max(1, int(n * n_scale)), seed)) for split, n in SPLITS]

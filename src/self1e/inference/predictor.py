@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from self1e.common.images import ImageLike
+from self1e.common.threads import apply_threads
 from self1e.model import ImageFeatures, Self1eConfig, Self1eModel, load_model
 from self1e.model.losses import resize_logits
 from self1e.model.processing import IGNORE_INDEX, IM_END, ImageInput, check_text, multi_answer
@@ -122,13 +123,19 @@ class Self1ePredictor:
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = "default", device: str | torch.device | None = None,
                         dtype: torch.dtype | None = None,
-                        config: Self1eConfig | Mapping[str, Any] | None = None) -> Self1ePredictor:
+                        config: Self1eConfig | Mapping[str, Any] | None = None,
+                        threads: int | None = None) -> Self1ePredictor:
         """Load a model by name or folder (see :func:`self1e.model.load_model`; ``config`` overrides
-        its SELF1E settings). On CUDA the default dtype is bf16."""
+        its SELF1E settings). On CUDA the default dtype is bf16. On the CPU, ``threads`` sets torch's
+        thread count (None: chosen by the model's size, 0: torch's default; see
+        :mod:`self1e.common.threads`)."""
         device = pick_device(device)
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        return cls(load_model(name_or_path, config=config, dtype=dtype, device=device))
+        predictor = cls(load_model(name_or_path, config=config, dtype=dtype, device=device))
+        if device.type == "cpu":
+            apply_threads(sum(p.numel() for p in predictor.model.parameters()), threads)
+        return predictor
 
     @property
     def device(self) -> torch.device:
