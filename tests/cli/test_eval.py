@@ -126,7 +126,7 @@ def _install_fake_predictor(monkeypatch, fake: FakePredictor) -> list:
 
     class Self1ePredictor:
         @classmethod
-        def from_pretrained(cls, path="default", device=None, config=None):
+        def from_pretrained(cls, path="default", device=None, config=None, threads=None):
             seen.append((path, device))
             return fake
 
