@@ -1,12 +1,16 @@
 """The paper's ablation ladder on RefShapes: every rung trained with the same recipe and budget.
 
     python benchmarks/ablation.py --config configs/refshapes_default.yaml --steps 500 --seeds 0 1 2 \\
-        --set warmup_steps=50 --set 'data=[refshapes:train:20000:0]'
+        --set warmup_steps=50 --set 'data=[refshapes:train:20000:0]' [--warm-start CKPT]
 
 Rungs: compressed, hq, rfr, rfa (causal attention) and rfa with the bidirectional segmentation
-mask. Each (rung, seed) is trained from scratch by ``self1e.train`` with only ``self1e.mask_head``,
-``self1e.seg_attention`` and ``seed`` changed, then evaluated by ``self1e.eval`` on freshly generated
-RefShapes test samples. Writes per-run JSON, and a markdown table of mean and spread.
+mask. Each (rung, seed) is trained by ``self1e.train`` with only ``self1e.mask_head``,
+``self1e.seg_attention`` and ``seed`` changed: from scratch, or with ``--warm-start CKPT`` from the
+same trained backbone with a fresh head of the rung (``new_head``). It is then evaluated by
+``self1e.eval`` on freshly generated RefShapes test samples (overall and per expression kind), and
+next to the mask-grid ceiling of its output size (``mask_ceiling.py``: how much of a rung's gain is
+resolution). Validation cIoU every ``--curve-every`` steps gives the learning curves. Writes
+per-run JSON, a markdown table of mean and spread, and an SVG plot of cIoU against steps per rung.
 """
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ METRICS = ("cIoU", "gIoU", "N_acc", "T_acc")
 
 
 def run_one(config: str, rung: str, attention: str, seed: int, steps: int, out: Path, test: str,
-            overrides: list[str]) -> dict:
+            overrides: list[str], warm_start: str | None = None, curve_every: int = 0,
+            val: str = "refshapes:val:200:1") -> dict:
     from self1e.data.datasets import load_dataset
     from self1e.eval.evaluate import PredictorSource, evaluate
     from self1e.inference.predictor import Self1ePredictor
@@ -29,31 +34,91 @@ def run_one(config: str, rung: str, attention: str, seed: int, steps: int, out: 
     from self1e.train.loop import train
 
     run_dir = out / f"{rung}-{attention}-seed{seed}"
-    cfg = load_config(config, [f"self1e.mask_head={rung}", f"self1e.seg_attention={attention}", f"seed={seed}",
-                               f"max_steps={steps}", "val=null", "save_every=0", "max_minutes=null", f"out={run_dir}",
-                               *overrides])
+    start_from = [f"model={warm_start}", "new_head=true"] if warm_start else []
+    curve = [f"val={val}", f"eval_every={curve_every}"] if curve_every else ["val=null"]
+    cfg = load_config(config, [*start_from, f"self1e.mask_head={rung}", f"self1e.seg_attention={attention}",
+                               f"seed={seed}", f"max_steps={steps}", *curve, "save_every=0", "max_minutes=null",
+                               f"out={run_dir}", *overrides])
     start = time.time()
     final = train(cfg)
     minutes = (time.time() - start) / 60
-    result = evaluate(PredictorSource(Self1ePredictor.from_pretrained(final, device="cpu")), load_dataset(test),
-                      batch_size=16, progress=False, desc=run_dir.name)
-    record = {"rung": rung, "attention": attention, "seed": seed, "steps": steps, "train_minutes": round(minutes, 2),
-              **{k: result.metrics.get(k) for k in METRICS}}
+    predictor = Self1ePredictor.from_pretrained(final, device="cpu")
+    samples = load_dataset(test)
+    result = evaluate(PredictorSource(predictor), samples, batch_size=16, progress=False, desc=run_dir.name)
+    predictor.set_image(samples[0].load_image())
+    grid = int(predictor.predict_torch([samples[0].text], original_size=False).shape[-1])
+    record = {"rung": rung, "attention": attention, "seed": seed, "steps": steps, "warm_start": warm_start,
+              "train_minutes": round(minutes, 2), **{k: result.metrics.get(k) for k in METRICS},
+              "kinds": {k: v["cIoU"] for k, v in result.metrics.get("kinds", {}).items()},
+              "mask_grid": grid, "ceiling_cIoU": _ceiling(samples, grid) / 100, "curve": _curve(run_dir)}
     (run_dir / "ablation.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
+def _ceiling(samples, grid: int) -> float:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mask_ceiling", Path(__file__).with_name("mask_ceiling.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ceilings(samples, [grid])[grid]
+
+
+def _curve(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, validation cIoU) from a run's metrics log."""
+    log = run_dir / "metrics.jsonl"
+    rows = [json.loads(x) for x in log.read_text().splitlines()] if log.is_file() else []
+    return [(r["step"], r["val/cIoU"]) for r in rows if "val/cIoU" in r]
+
+
+def plot(records: list[dict], path: Path) -> None:
+    """An SVG of validation cIoU against steps, the mean over seeds per rung (no plotting library)."""
+    colours = ("#e6194b", "#3cb44b", "#0082c8", "#f58231", "#911eb4")
+    series = []
+    for (rung, attention), colour in zip(RUNGS, colours):
+        runs = [dict(r["curve"]) for r in records if (r["rung"], r["attention"]) == (rung, attention) and r["curve"]]
+        steps = sorted(set.intersection(*(set(c) for c in runs))) if runs else []
+        if steps:
+            series.append((f"{rung} ({attention})", colour, [(s, statistics.mean(c[s] for c in runs)) for s in steps]))
+    w, h, pad = 640, 400, 50
+    max_step = max((p[0] for _, _, pts in series for p in pts), default=1)
+
+    def xy(step, v):
+        return pad + (w - 2 * pad) * step / max_step, h - pad - (h - 2 * pad) * v
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" '
+             'font-size="12"><rect width="100%" height="100%" fill="white"/>',
+             f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="black"/>',
+             f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{h - pad}" stroke="black"/>',
+             f'<text x="{w / 2}" y="{h - 12}" text-anchor="middle">training steps</text>',
+             f'<text x="14" y="{h / 2}" transform="rotate(-90 14 {h / 2})" text-anchor="middle">validation cIoU</text>']
+    for v in (0, 0.25, 0.5, 0.75, 1.0):
+        _, y = xy(0, v)
+        parts.append(f'<text x="{pad - 6}" y="{y + 4}" text-anchor="end">{v:.2f}</text>')
+    for k, (label, colour, pts) in enumerate(series):
+        line = " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(s, v) for s, v in pts))
+        parts.append(f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        parts.append(f'<text x="{pad + 10}" y="{pad + 16 * k}" fill="{colour}">{label}</text>')
+    path.write_text("".join(parts) + f'<text x="{w - pad}" y="{h - pad + 16}" text-anchor="end">{max_step}</text>'
+                    "</svg>\n")
+
+
+def _cell(vals: list[float]) -> str:
+    spread = f" ± {statistics.stdev(vals):.1f}" if len(vals) > 1 else ""
+    return f"{statistics.mean(vals):.1f}{spread}" if vals else "-"
+
+
 def table(records: list[dict]) -> str:
-    lines = ["| rung | attention | runs | " + " | ".join(METRICS) + " |", "|---|---|---:|" + "---:|" * len(METRICS)]
+    kinds = sorted({k for r in records for k in r.get("kinds", {})})
+    head = ["rung", "attention", "runs", *METRICS, "mask grid", "grid ceiling cIoU", *(f"cIoU {k}" for k in kinds)]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     for rung, attention in RUNGS:
         rs = [r for r in records if r["rung"] == rung and r["attention"] == attention]
         if not rs:
             continue
-        cells = []
-        for m in METRICS:
-            vals = [100 * r[m] for r in rs if r[m] is not None]
-            spread = f" ± {statistics.stdev(vals):.1f}" if len(vals) > 1 else ""
-            cells.append(f"{statistics.mean(vals):.1f}{spread}" if vals else "-")
+        cells = [_cell([100 * r[m] for r in rs if r[m] is not None]) for m in METRICS]
+        cells += [str(rs[0].get("mask_grid", "-")), _cell([100 * r["ceiling_cIoU"] for r in rs if "ceiling_cIoU" in r])]
+        cells += [_cell([100 * r["kinds"][k] for r in rs if r.get("kinds", {}).get(k) is not None]) for k in kinds]
         lines.append(f"| {rung} | {attention} | {len(rs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -68,18 +133,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default="benchmarks/results/ablation.json")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="extra config override key=value")
     p.add_argument("--rungs", default=None, help="comma-separated subset, e.g. rfa-causal,rfa-bidirectional")
+    p.add_argument("--warm-start", default=None, metavar="CKPT",
+                   help="start every run from this checkpoint's backbone with a fresh head of the rung")
+    p.add_argument("--curve-every", type=int, default=None, metavar="N",
+                   help="validation cIoU every N steps for the learning curves (default: steps / 5; 0: none)")
     args = p.parse_args(argv)
     rungs = RUNGS if not args.rungs else tuple(tuple(r.split("-")) for r in args.rungs.split(","))
+    curve_every = max(1, args.steps // 5) if args.curve_every is None else args.curve_every
     out, records = Path(args.out), []
     for seed in args.seeds:
         for rung, attention in rungs:
-            records.append(run_one(args.config, rung, attention, seed, args.steps, out, args.test, args.overrides))
+            records.append(run_one(args.config, rung, attention, seed, args.steps, out, args.test, args.overrides,
+                                   args.warm_start, curve_every))
             print(json.dumps(records[-1]), flush=True)
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.results).write_text(json.dumps({"config": args.config, "steps": args.steps, "seeds": args.seeds,
-                                              "test": args.test, "runs": records}, indent=2) + "\n")
+    results = Path(args.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps({"config": args.config, "steps": args.steps, "seeds": args.seeds,
+                                   "warm_start": args.warm_start, "test": args.test, "runs": records}, indent=2) + "\n")
     md = table(records)
-    Path(args.results).with_suffix(".md").write_text(md)
+    results.with_suffix(".md").write_text(md)
+    plot(records, results.with_suffix(".svg"))
     print(md)
     return 0
 

@@ -96,3 +96,68 @@ def test_bench_threads_measures_idle_and_loaded(tmp_path):
     for r in rows:
         assert r["idle_s"] > 0 and r["beside_torch_s"] > 0 and r["beside_python_s"] > 0
         assert abs(r["beside_torch_over_idle"] - r["beside_torch_s"] / r["idle_s"]) < 0.02
+
+
+@pytest.mark.slow
+def test_ablation_from_a_warm_start_writes_table_curves_and_plot(tmp_path, tiny_model_dir):
+    results = tmp_path / "ablation.json"
+    args = ["--config", "configs/refshapes_tiny.yaml", "--steps", "4", "--seeds", "0", "--rungs",
+            "compressed-causal,rfa-causal", "--warm-start", str(tiny_model_dir), "--curve-every", "2",
+            "--test", "refshapes:test:6:3:64", "--out", str(tmp_path / "runs"), "--results", str(results),
+            "--set", "data=[refshapes:train:40:0:64]", "--set", "batch_size=2", "--set", "val_limit=4",
+            "--set", "warmup_steps=1"]
+    assert load_script("ablation").main(args) == 0
+    runs = json.loads(results.read_text())["runs"]
+    assert [(r["rung"], r["mask_grid"]) for r in runs] == [("compressed", 4), ("rfa", 16)]  # 56 px tiles: 4 x 4 tokens
+    assert all([s for s, _ in r["curve"]] == [2, 4] and 0 < r["ceiling_cIoU"] <= 1 for r in runs)
+    assert runs[0]["ceiling_cIoU"] < runs[1]["ceiling_cIoU"]  # a finer grid can fit the masks better
+    assert "grid ceiling cIoU" in results.with_suffix(".md").read_text()
+    assert results.with_suffix(".svg").read_text().count("<polyline") == 2
+
+
+@pytest.mark.slow
+def test_bench_predictor_measures_caches_batching_and_prefix_reuse(tmp_path):
+    out = tmp_path / "predictor.json"
+    returned = load_script("bench_predictor").main(["--geometry", "tiny", "--repeats", "1", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report == json.loads(json.dumps(returned))
+    res = report["results"]["tiny"]
+    names = {"cached", "encode_per_call", "sequential", "causal_no_prefix", "causal_prefix", "causal_prefix_first",
+             "causal_prefix_sequential"}
+    assert set(res["ms"]) == {f"{v}@{n}" for v in names for n in (1, 4, 16)} and all(v > 0 for v in res["ms"].values())
+    assert all(len(runs) == 1 for runs in res["runs_ms"].values())
+    ratios = {"encode_per_call_over_cached", "sequential_over_batched", "no_prefix_over_prefix",
+              "prefix_first_call_over_no_prefix", "prefix_sequential_over_prefix_batched", "causal_over_bidirectional"}
+    for key in ("ratios", "cpu_ratios"):
+        assert set(res[key]) == {"1", "4", "16"}
+        assert all(set(r) == ratios and all(v > 0 for v in r.values()) for r in res[key].values())
+    checks = res["checks"]
+    assert all(d < 1e-5 for d in checks["max_abs_diff"].values())  # every compared pair gives the same masks
+    length, prefix = checks["sequence_length"], checks["prefix_length"]
+    assert checks["expressions"] == 16 and 16 < prefix < length  # the 4 x 4 image tokens and more are cached
+    assert checks["llm_tokens_per_row"] == {"no_prefix": length, "prefix_pass": prefix, "with_prefix": length - prefix}
+
+
+@pytest.mark.slow
+def test_bench_quantize_smoke_run_compares_float32_and_int8(tmp_path):
+    out = tmp_path / "quantize.json"
+    returned = load_script("bench_quantize").main(["--samples", "8", "--geometry", "tiny", "--repeats", "1",
+                                                   "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report == json.loads(json.dumps(returned))
+    shipped, tiny = report["default"], report["geometry"]["tiny"]
+    acc = shipped["accuracy"]
+    assert acc["float32"]["n"] == acc["int8"]["n"] == 8 and 0 <= acc["int8"]["cIoU"] <= 100
+    assert shipped["ciou_int8_minus_float32_points"] == pytest.approx(acc["int8"]["cIoU"] - acc["float32"]["cIoU"],
+                                                                       abs=0.02)
+    assert shipped["quantized_linears"] > 0 and tiny["config"]["quantized_linears"] > 0
+    for res in (shipped, tiny):
+        weights = res["memory"]["weight_bytes"]
+        assert 0 < weights["int8"] < weights["float32"]
+        assert 0 <= res["agreement"]["mask_iou_min"] <= res["agreement"]["mask_iou_mean"] <= 1
+    assert tiny["agreement"]["n"] == 8 and -1 <= tiny["agreement"]["logits_correlation_mean"] <= 1
+    for name in ("latency_predict_many", "latency_predict_cached_image"):
+        assert shipped[name]["int8_over_float32"] > 0 and set(shipped[name]["ms"]) == {"float32", "int8"}
+    assert tiny["latency_segmentation_forward"]["int8_over_float32"] > 0
+    fresh = shipped["memory"]["fresh_process"]
+    assert all(v is None or v["peak_rss_bytes"] >= v["rss_bytes"] > 0 for v in fresh.values())

@@ -128,3 +128,18 @@ def test_eval_reports_the_settings_it_used(rfr_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "self1e eval: error:" in err and "nosuchkey" in err
     assert not out.exists()
+
+
+def test_another_rung_over_a_checkpoint_keeps_the_backbone_with_a_fresh_head(rfr_dir):
+    """A warm start of another ablation rung: the checkpoint's ViT and LLM, a new head of the asked rung."""
+    import torch
+
+    saved = Self1eModel.from_pretrained(rfr_dir)
+    with pytest.raises(ValueError, match="new_head=True"):
+        Self1eModel.from_pretrained(rfr_dir, config={"mask_head": "rfa"})
+    other = load_model(rfr_dir, config={"mask_head": "rfa"}, new_head=True)
+    assert other.config.mask_head == "rfa"
+    assert all(torch.equal(a, b) for a, b in zip(saved.base.state_dict().values(), other.base.state_dict().values()))
+    shapes = {k: tuple(v.shape) for k, v in saved.head.state_dict().items()}
+    assert shapes != {k: tuple(v.shape) for k, v in other.head.state_dict().items()}
+    assert load_config(None, ["new_head=true"]).new_head is True

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from self1e.cli.options import add_device, add_model, add_settings, settings_from
+from self1e.cli.options import add_device, add_model, add_quantize, add_settings, quantize_from, settings_from
 
 
 def add_parser(sub) -> None:
@@ -29,6 +29,7 @@ def add_parser(sub) -> None:
     p.add_argument("--temperature", type=float, default=0.7, metavar="T", help="with --sample (default: 0.7)")
     p.add_argument("--seed", type=int, default=None, metavar="N", help="with --sample: repeatable answers")
     add_device(p)
+    add_quantize(p)
     add_settings(p)
     p.set_defaults(run=run)
 
@@ -47,7 +48,7 @@ def run(args) -> int:
     pick_device(args.device)
     image = to_rgb(args.image)  # fails early, naming the file, before the model loads
     predictor = Self1ePredictor.from_pretrained(args.model, device=args.device, config=settings_from(args),
-                                                threads=args.threads)
+                                                threads=args.threads, quantize=quantize_from(args))
     predictor.set_image(image)
     out = Path(args.out)
     interactive = not args.message

@@ -14,7 +14,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from self1e.cli.options import add_device, add_model, add_settings, settings_from
+from self1e.cli.options import add_device, add_model, add_quantize, add_settings, quantize_from, settings_from
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ def add_parser(sub) -> None:
         help="draw the first N samples (prediction red, truth green, text above) into <out stem>_overlays/",
     )
     add_device(p)
+    add_quantize(p)
     add_settings(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
@@ -82,6 +83,9 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     if settings and args.model is None:
         raise ValueError("--set changes a model's settings; it needs --model, not --predictions")
+    quantize = quantize_from(args)
+    if quantize and args.model is None:
+        raise ValueError("--quantize changes how a model runs; it needs --model, not --predictions")
     if args.model is not None:
         from self1e.inference.predictor import pick_device
 
@@ -102,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
             from self1e.inference import Self1ePredictor
 
             predictor = Self1ePredictor.from_pretrained(args.model, device=args.device, config=settings,
-                                                        threads=args.threads)
+                                                        threads=args.threads,
+                                                        **({"quantize": quantize} if quantize else {}))
             model_source = PredictorSource(predictor)
             header.update(device=str(predictor.device), self1e=predictor.model.config.to_dict())
 

@@ -25,6 +25,23 @@ def add_settings(p: argparse.ArgumentParser) -> None:
                         "self1e. prefix is optional); repeatable. Default: the checkpoint's own settings")
 
 
+def add_quantize(p: argparse.ArgumentParser) -> None:
+    from self1e.common.quantization import QUANTIZE_MODES
+
+    p.add_argument("--quantize", default="none", choices=QUANTIZE_MODES,
+                   help="quantized inference: int8 = int8 Linear layers of the ViT and the LLM on the CPU (the "
+                        "default device then is cpu); bnb8 / nf4 = bitsandbytes 8-bit / 4-bit NF4 on CUDA (pip "
+                        "install 'self1e[gpu-quant]'); the mask head stays in float (default: %(default)s)")
+
+
+def quantize_from(args: argparse.Namespace) -> str | None:
+    """``--quantize`` as ``from_pretrained(quantize=...)`` takes it: None for none (also for a command
+    without the option)."""
+    from self1e.common.quantization import parse_quantize
+
+    return parse_quantize(getattr(args, "quantize", None))
+
+
 def settings_from(args: argparse.Namespace) -> dict:
     """The ``--set`` overrides as a mapping for ``load_model(config=...)``."""
     from self1e.model.config import Self1eConfig

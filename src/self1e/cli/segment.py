@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from self1e.cli.options import add_device, add_model, add_settings, settings_from
+from self1e.cli.options import add_device, add_model, add_quantize, add_settings, quantize_from, settings_from
 
 
 def add_parser(sub) -> None:
@@ -20,6 +20,7 @@ def add_parser(sub) -> None:
                         "format Pillow writes")
     p.add_argument("--json", metavar="PATH", help="the masks as COCO RLE with scores")
     add_device(p)
+    add_quantize(p)
     add_settings(p)
     p.set_defaults(run=run)
 
@@ -54,7 +55,7 @@ def run(args) -> int:
     pick_device(args.device)
     image = to_rgb(args.image)  # fails early, naming the file
     predictor = Self1ePredictor.from_pretrained(args.model, device=args.device, config=settings_from(args),
-                                                threads=args.threads)
+                                                threads=args.threads, quantize=quantize_from(args))
     predictor.set_image(image)
     results = predictor.predict_batch(texts)
 

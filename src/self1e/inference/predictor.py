@@ -4,6 +4,12 @@ As segment-anything's predictor: :meth:`Self1ePredictor.set_image` runs the visi
 shuffle, projector, the replicated full-resolution projection) once and caches it; every
 ``predict`` / ``predict_batch`` / ``predict_torch`` / ``chat`` on that image runs only the language
 model and the head. Segmentation is one teacher-forced pass (prompt + "[SEG].") with no decoding.
+
+Under ``seg_attention="causal"`` the language model's keys and values for the prompt up to and
+including the image are also computed once per image (on the first segmentation call after
+``set_image``) and reused by every later call, expanded over its expressions: only the question
+and the answer run. Under the bidirectional mask (the default) image tokens attend to ``[SEG]``, so
+that prefix depends on the expression and every call runs the whole prompt.
 """
 from __future__ import annotations
 
@@ -17,10 +23,13 @@ import numpy as np
 import torch
 
 from self1e.common.images import ImageLike
+from self1e.common.quantization import CPU_MODES, parse_quantize
 from self1e.common.threads import apply_threads
 from self1e.model import ImageFeatures, Self1eConfig, Self1eModel, load_model
 from self1e.model.losses import resize_logits
-from self1e.model.processing import IGNORE_INDEX, IM_END, ImageInput, check_text, multi_answer
+from self1e.model.processing import IGNORE_INDEX, IM_END, Batch, ImageInput, check_text, multi_answer
+from self1e.model.quantize import check_target, count_parameters
+from self1e.model.self1e import PrefixCache
 
 
 @dataclass
@@ -43,12 +52,14 @@ class ChatResponse:
     """One chat turn. text: the answer as the model wrote it (``[SEG]`` kept); segments: one result
     per ``[SEG]`` in the answer, in order, whose ``text`` is the phrase it answers where the answer
     names one (else the message); history: the conversation including this turn, to pass back as
-    ``history=`` for the next; token_ids: the generated ids."""
+    ``history=`` for the next; token_ids: the generated ids (the closing stop token dropped);
+    prompt_tokens: the length of the prompt it answered (image tokens and history included)."""
 
     text: str
     segments: list[SegmentationResult]
     history: list[dict[str, str]]
     token_ids: list[int]
+    prompt_tokens: int = 0
 
     @property
     def masks(self) -> list[np.ndarray]:
@@ -112,29 +123,40 @@ def check_texts(texts: Sequence[str]) -> list[str]:
 
 
 class Self1ePredictor:
-    """``set_image`` once, then ``predict`` / ``predict_batch`` / ``chat`` as often as needed."""
+    """``set_image`` once, then ``predict`` / ``predict_batch`` / ``chat`` as often as needed.
 
-    def __init__(self, model: Self1eModel) -> None:
+    ``reuse_prefix``: under ``seg_attention="causal"``, compute the language model's state for the
+    prompt up to and including the image once per image and reuse it for every expression (the same
+    masks as without, within float rounding). It never applies under the bidirectional mask, where
+    image tokens attend to ``[SEG]`` and so depend on the expression."""
+
+    def __init__(self, model: Self1eModel, reuse_prefix: bool = True) -> None:
         self.model = model.eval()
         self.processor = model.processor
+        self.reuse_prefix = reuse_prefix
         self._image: ImageInput | None = None
         self._features: ImageFeatures | None = None
+        self._prefix: PrefixCache | None = None
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = "default", device: str | torch.device | None = None,
                         dtype: torch.dtype | None = None,
                         config: Self1eConfig | Mapping[str, Any] | None = None,
-                        threads: int | None = None) -> Self1ePredictor:
+                        threads: int | None = None, quantize: str | None = None) -> Self1ePredictor:
         """Load a model by name or folder (see :func:`self1e.model.load_model`; ``config`` overrides
         its SELF1E settings). On CUDA the default dtype is bf16. On the CPU, ``threads`` sets torch's
         thread count (None: chosen by the model's size, 0: torch's default; see
-        :mod:`self1e.common.threads`)."""
-        device = pick_device(device)
+        :mod:`self1e.common.threads`). ``quantize``: ``"int8"`` (CPU; the default device then is the
+        CPU), ``"bnb8"`` or ``"nf4"`` (CUDA, bitsandbytes), None / ``"none"``; see
+        :mod:`self1e.model.quantize`."""
+        mode = parse_quantize(quantize)
+        device = pick_device("cpu" if device is None and mode in CPU_MODES else device)
+        check_target(mode, device, dtype)  # a quantization that does not apply fails before the model loads
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        predictor = cls(load_model(name_or_path, config=config, dtype=dtype, device=device))
+        predictor = cls(load_model(name_or_path, config=config, dtype=dtype, device=device, quantize=mode))
         if device.type == "cpu":
-            apply_threads(sum(p.numel() for p in predictor.model.parameters()), threads)
+            apply_threads(count_parameters(predictor.model), threads)
         return predictor
 
     @property
@@ -144,14 +166,16 @@ class Self1ePredictor:
     # ---- the image ------------------------------------------------------------------------------
     @torch.inference_mode()
     def set_image(self, image: ImageLike) -> None:
-        """Preprocess ``image`` and run the vision side once; later calls reuse the result."""
+        """Preprocess ``image`` and run the vision side once; later calls reuse the result. The
+        previous image's cached prompt prefix (causal models) is dropped."""
+        self._prefix = None
         self._image = self.processor.image_input(image)
         pixels = self._image.pixel_values.to(self.device, self.model.dtype)
         self._features = self.model.encode_images(pixels, [self._image.grid])
 
     def reset_image(self) -> None:
-        """Forget the current image and its cached features."""
-        self._image = self._features = None
+        """Forget the current image, its cached features and its cached prompt prefix."""
+        self._image = self._features = self._prefix = None
 
     @property
     def is_image_set(self) -> bool:
@@ -167,6 +191,19 @@ class Self1ePredictor:
             raise ValueError("call set_image(image) first")
         return self._image, self._features
 
+    def _prefix_for(self, batch: Batch) -> PrefixCache | None:
+        """The current image's cached prompt prefix (the tokens up to and including ``</img>``) for a
+        batch on it, computed on first use; None where it does not apply: ``reuse_prefix`` off, a
+        bidirectional model, or rows that do not all start with it (they then run uncached)."""
+        if not (self.reuse_prefix and self.model.supports_prefix_cache):
+            return None
+        if self._prefix is None:
+            ends = (batch.input_ids[0] == self.processor.img_end_id).nonzero()
+            if len(ends) == 0:
+                return None
+            self._prefix = self.model.encode_prefix(batch.input_ids[0, : int(ends[0]) + 1], self._current()[1])
+        return self._prefix if self._prefix.matches(batch) else None
+
     # ---- segmentation ---------------------------------------------------------------------------
     @torch.inference_mode()
     def predict_torch(self, texts: Sequence[str], original_size: bool = True) -> torch.Tensor:
@@ -176,7 +213,8 @@ class Self1ePredictor:
         image, feats = self._current()
         texts = check_texts(texts)
         batch = self.processor.segmentation_batch([image], texts, [0] * len(texts)).to(self.device, self.model.dtype)
-        logits = check_finite_logits(torch.stack(self.model(batch, image_features=feats).mask_logits).float())
+        out = self.model(batch, image_features=feats, prefix=self._prefix_for(batch))
+        logits = check_finite_logits(torch.stack(out.mask_logits).float())
         return resize_logits(logits, (image.size[1], image.size[0])) if original_size else logits
 
     def predict(self, text: str) -> SegmentationResult:
@@ -229,7 +267,8 @@ class Self1ePredictor:
         """One result per row (each ends its answer at a [SEG]), from one pass on the cached image."""
         image, feats = self._current()
         batch = self.processor.collate(rows, [image], [0] * len(rows)).to(self.device, self.model.dtype)
-        logits = torch.stack(self.model(batch, image_features=feats).mask_logits).float()
+        out = self.model(batch, image_features=feats, prefix=self._prefix_for(batch))
+        logits = torch.stack(out.mask_logits).float()
         full = resize_logits(logits, (image.size[1], image.size[0]))
         return [to_result(t, lg) for t, lg in zip(texts, full)]
 
@@ -272,7 +311,7 @@ class Self1ePredictor:
             phrases = seg_phrases(text, p.seg_token)
             segments = self._masks_for_rows(rows, [ph or message for ph in phrases])
         turn = [{"role": "user", "content": message}, {"role": "assistant", "content": text}]
-        return ChatResponse(text, segments, history + turn, new)
+        return ChatResponse(text, segments, history + turn, new, len(prompt))
 
 
 _LEADING = re.compile(r"^(?:sure|yes|and|it is|it's|this is|the segmentation result is|here is|here)\b[\s,:;]*", re.I)

@@ -12,7 +12,9 @@ from typing import Any
 
 import torch
 
+from self1e.common.quantization import GPU_MODES, parse_quantize
 from self1e.model.config import Self1eConfig
+from self1e.model.quantize import bnb_config, check_target, quantize_int8
 from self1e.model.self1e import Self1eModel, resolve_settings
 from self1e.model.tiny import TINY_SPECS, build_tiny_base
 from self1e.model.weights import TINY_PREFIX, model_names, resolve_model_path, saved_settings
@@ -40,19 +42,45 @@ def saved_settings_of(name_or_path: str | Path) -> Self1eConfig | None:
 
 def load_model(name_or_path: str | Path, config: Self1eConfig | Mapping[str, Any] | None = None, *,
                dtype: torch.dtype | None = None, device: str | torch.device | None = None,
-               attn_implementation: str = "sdpa", seed: int = 0) -> Self1eModel:
+               attn_implementation: str = "sdpa", seed: int = 0, new_head: bool = False,
+               quantize: str | None = None) -> Self1eModel:
     """Load the model named by ``name_or_path`` in eval mode.
 
     ``config`` as for :meth:`Self1eModel.from_pretrained`: None keeps the stored SELF1E settings, a
     mapping overrides single fields, a :class:`Self1eConfig` replaces them. ``seed`` initialises tiny models.
+    ``new_head``: keep a checkpoint's backbone and LLM but attach a fresh mask head (of the rung
+    ``config`` asks for) instead of its saved one. ``quantize`` (for inference; see
+    :mod:`self1e.model.quantize`): ``"int8"`` converts the Linear layers of the ViT and the LLM of a
+    float32 CPU model to int8; ``"bnb8"`` / ``"nf4"`` load a folder's ones through bitsandbytes onto a
+    CUDA ``device`` (default ``cuda``); ``None`` / ``"none"``: as stored.
     """
+    mode = parse_quantize(quantize)
+    check_target(mode, device, dtype)  # before anything loads
     tiny = _tiny_name(name_or_path)
     if tiny is None:
-        return Self1eModel.from_pretrained(name_or_path, config=config, dtype=dtype,
-                                           attn_implementation=attn_implementation, device=device)
+        bnb = mode in GPU_MODES
+        if bnb and dtype is None:  # what stays unquantized (the mask head included) is bf16
+            dtype = torch.bfloat16
+        model = Self1eModel.from_pretrained(name_or_path, config=config, dtype=dtype,
+                                            attn_implementation=attn_implementation,
+                                            device=(device or "cuda") if bnb else device, new_head=new_head,
+                                            quantization_config=bnb_config(mode, dtype) if bnb else None)
+        return _quantized(model, mode)
+    if mode in GPU_MODES:
+        raise ValueError(f"quantize={mode!r} quantizes while transformers loads a checkpoint folder; {name_or_path} is "
+                         "built in memory: save it with save_pretrained and load that folder")
     base, tokenizer = build_tiny_base(tiny, seed=seed)
     base.set_attn_implementation(attn_implementation)
     model = Self1eModel.from_base(base, tokenizer, resolve_settings(None, config))
     if dtype is not None or device is not None:
         model.to(device=device, dtype=dtype)
-    return model.eval()
+    return _quantized(model.eval(), mode)
+
+
+def _quantized(model: Self1eModel, mode: str | None) -> Self1eModel:
+    """``model`` converted to int8 (``mode == "int8"``) or marked as loaded by bitsandbytes."""
+    if mode == "int8":
+        quantize_int8(model)
+    elif mode is not None:
+        model.quantization = mode
+    return model

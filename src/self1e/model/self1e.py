@@ -6,6 +6,7 @@ custom 4D attention mask to the language model.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tokenizers import AddedToken
 from torch import nn
-from transformers import InternVLForConditionalGeneration
+from transformers import DynamicCache, InternVLForConditionalGeneration
 
 from self1e.model import weights
 from self1e.model.attention import last_index, position_ids_from_mask, seg_attention_mask
@@ -59,6 +60,50 @@ class Self1eOutput:
     mask_logits: list[torch.Tensor]
     aux_logits: list[torch.Tensor] | None
     seg_rows: torch.Tensor
+
+
+@dataclass
+class PrefixCache:
+    """The language model's state for tokens that every row of a batch starts with (the prompt up to
+    and including one image), from :meth:`Self1eModel.encode_prefix`, for reuse by
+    ``forward(batch, prefix=...)``. Only under ``seg_attention="causal"``: no prefix token then
+    attends to anything after it, so its keys, values and outputs do not depend on the expression.
+
+    input_ids: (P,) the prefix; image_index: the image (in the ``ImageFeatures`` it was computed
+    with) whose tokens it holds; key_values: per LLM layer (keys, values), each (1, kv_heads, P, d),
+    at positions 0 .. P-1; hidden: (1, P, C) the LLM's final-norm outputs at those positions (the
+    head reads the image tokens' ones)."""
+
+    input_ids: torch.Tensor
+    image_index: int
+    key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    hidden: torch.Tensor
+
+    @property
+    def length(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def matches(self, batch: Batch) -> bool:
+        """Every row of ``batch`` starts with this prefix (no padding in it), on this image, and has
+        at least one token after it."""
+        ids, p = batch.input_ids, self.length
+        return (ids.shape[1] > p and bool((batch.image_index == self.image_index).all())
+                and bool(batch.attention_mask[:, :p].bool().all())
+                and torch.equal(ids[:, :p], self.input_ids.to(ids.device).expand(ids.shape[0], -1)))
+
+    def expand(self, rows: int, config) -> DynamicCache:
+        """A fresh cache holding the prefix's keys and values for ``rows`` rows (the LLM's forward
+        appends to the cache it is given, so each pass needs its own)."""
+        cache = DynamicCache(config=config)
+        for layer, (keys, values) in enumerate(self.key_values):
+            cache.update(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1), layer)
+        return cache
+
+
+def _cache_kwarg(language_model: nn.Module) -> str:
+    """The name under which this transformers version's language model takes a cache (``cache``
+    since transformers 5.x renamed it; ``past_key_values`` before)."""
+    return "cache" if "cache" in inspect.signature(language_model.forward).parameters else "past_key_values"
 
 
 def stitch(tiles: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -111,6 +156,8 @@ class Self1eModel(nn.Module):
                 for matrix in (base.get_input_embeddings().weight, base.get_output_embeddings().weight):
                     matrix[old:] = matrix[:old].mean(0)
         self.image_token_id = base.config.image_token_id
+        # None, or the quantize mode the weights were loaded / converted with (self1e.model.quantize)
+        self.quantization: str | None = None
         self.head = MaskHead(base.config.text_config.hidden_size, config.mask_head)
         self.head.to(device=emb.weight.device, dtype=emb.weight.dtype)
         self._make_processor()
@@ -119,6 +166,13 @@ class Self1eModel(nn.Module):
         vc, c = self.base.config.vision_config, self.config
         self.processor = Self1eProcessor(self.tokenizer, vc.image_size[0], vc.patch_size[0], c.max_tiles,
                                          c.use_thumbnail, c.seg_token, c.loss_short_side, c.prompt)
+
+    def train(self, mode: bool = True) -> Self1eModel:
+        """As ``nn.Module.train``; a quantized model (``quantization`` set) refuses training mode."""
+        if mode and self.quantization is not None:
+            raise ValueError(f"this model is quantized ({self.quantization}) for inference only and cannot be "
+                             "trained: load it without quantize= to train or fine-tune it")
+        return super().train(mode)
 
     def set_image_size(self, size: int) -> None:
         """Move the ViT to ``size`` x ``size`` tiles: its absolute position embeddings are resampled
@@ -150,24 +204,29 @@ class Self1eModel(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, config: Self1eConfig | Mapping[str, Any] | None = None,
                         dtype: torch.dtype | None = None, attn_implementation: str = "sdpa",
-                        device: str | torch.device | None = None) -> Self1eModel:
+                        device: str | torch.device | None = None, new_head: bool = False,
+                        quantization_config=None) -> Self1eModel:
         """Load a self1e checkpoint folder (or ``"default"``): everything restored; or a plain InternVL
         ``-hf`` folder: [SEG] added, embeddings resized, fresh heads attached.
 
         ``config``: None keeps the checkpoint's own SELF1E settings (the defaults for a plain folder);
         a mapping overrides single fields on top of them (``{"seg_attention": "causal"}``); a full
-        :class:`Self1eConfig` replaces them."""
+        :class:`Self1eConfig` replaces them. ``quantization_config`` (a transformers ``BitsAndBytesConfig``,
+        see :mod:`self1e.model.quantize`) loads the base quantized straight onto ``device``."""
         path = weights.resolve_model_path(path)
         saved = weights.saved_settings(path)
         settings = resolve_settings(saved, config)
-        base = weights.load_base(path, dtype, attn_implementation)
+        base = weights.load_base(path, dtype, attn_implementation, quantization_config=quantization_config,
+                                 device=device)
         model = cls(base, weights.load_tokenizer(path), settings)
-        if saved is not None:
+        if saved is not None and new_head:  # e.g. a warm start of another ablation rung
+            log.info("%s: its backbone and LLM with a fresh %s mask head (new_head)", path, settings.mask_head)
+        elif saved is not None:
             weights.load_head(model.head, path, settings.mask_head)
         else:
             log.info("loaded a plain InternVL checkpoint from %s: added %s and fresh mask heads", path,
                      settings.seg_token)
-        if device is not None:
+        if device is not None and quantization_config is None:  # a quantized base is loaded onto its device
             model.to(device)
         return model.eval()
 
@@ -226,16 +285,53 @@ class Self1eModel(nn.Module):
         return embeds.masked_scatter(image_pos[..., None], torch.cat(rows).to(embeds.dtype))
 
     def _llm(self, embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-             bidirectional: bool) -> torch.Tensor:
+             bidirectional: bool, prefix: PrefixCache | None = None) -> torch.Tensor:
+        """The LLM's final-norm outputs (B, L, C). With ``prefix`` only the tokens after it run, on
+        its cached keys and values; the mask and positions are the uncached pass's rows for them."""
         mask = seg_attention_mask(input_ids, attention_mask, self.image_token_id, self.seg_token_id, embeds.dtype,
                                   bidirectional)
-        out = self.base.model.language_model(inputs_embeds=embeds, attention_mask=mask,
-                                             position_ids=position_ids_from_mask(attention_mask), use_cache=False)
-        return out.last_hidden_state  # after the final norm
+        positions = position_ids_from_mask(attention_mask)
+        lm = self.base.model.language_model
+        if prefix is None:
+            return lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                      use_cache=False).last_hidden_state
+        p, rows = prefix.length, embeds.shape[0]
+        out = lm(inputs_embeds=embeds[:, p:], attention_mask=mask[:, :, p:], position_ids=positions[:, p:],
+                 use_cache=True, **{_cache_kwarg(lm): prefix.expand(rows, lm.config)})
+        return torch.cat([prefix.hidden.expand(rows, -1, -1), out.last_hidden_state], 1)
+
+    @property
+    def supports_prefix_cache(self) -> bool:
+        """Whether a prompt prefix's LLM state can be computed once and reused (:meth:`encode_prefix`):
+        only under ``seg_attention="causal"``. Under the bidirectional mask image tokens attend to the
+        row's ``[SEG]``, so their states depend on the expression. (And only with full attention in
+        every layer, which InternVL's language models have.)"""
+        types = getattr(self.base.config.text_config, "layer_types", None) or ["full_attention"]
+        return self.config.seg_attention == "causal" and all(t == "full_attention" for t in types)
+
+    def encode_prefix(self, input_ids: torch.Tensor, feats: ImageFeatures, image_index: int = 0) -> PrefixCache:
+        """Run the LLM once over ``input_ids`` (P,), a prompt prefix that holds the whole image
+        ``image_index`` of ``feats`` (e.g. up to and including ``</img>``), under the causal mask, and
+        keep its keys, values and outputs for ``forward(batch, prefix=...)``. ValueError unless
+        :attr:`supports_prefix_cache`."""
+        if not self.supports_prefix_cache:
+            raise ValueError(f"a prompt prefix can be reused only under seg_attention='causal' (this model uses "
+                             f"{self.config.seg_attention!r}: image tokens attend to [SEG], so they depend on the "
+                             "expression)")
+        ids = input_ids.reshape(1, -1).to(self.device)
+        ones = torch.ones_like(ids)
+        embeds = self.embed(ids, feats, torch.tensor([image_index], device=self.device))
+        mask = seg_attention_mask(ids, ones, self.image_token_id, self.seg_token_id, embeds.dtype, False)
+        lm = self.base.model.language_model
+        cache = DynamicCache(config=lm.config)
+        out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids_from_mask(ones),
+                 use_cache=True, **{_cache_kwarg(lm): cache})
+        key_values = tuple((layer.keys, layer.values) for layer in cache.layers)
+        return PrefixCache(ids[0], int(image_index), key_values, out.last_hidden_state)
 
     # ---- forward --------------------------------------------------------------------------------
     def forward(self, batch: Batch, image_features: ImageFeatures | None = None, return_lm_logits: bool = False,
-                with_aux: bool | None = None) -> Self1eOutput:
+                with_aux: bool | None = None, prefix: PrefixCache | None = None) -> Self1eOutput:
         """One teacher-forced pass. Losses are computed when ``batch.labels`` has answer tokens
         (LM loss) and ``batch.mask_targets`` has targets (mask loss). ``image_features`` (from
         :meth:`encode_images`) replace ``batch.pixel_values``, so one image encoding serves many
@@ -245,12 +341,19 @@ class Self1eModel(nn.Module):
         labels: under the bidirectional mask with ``causal_lm_loss`` (the default) a second, plain
         causal pass, so they never see an answer token through the image tokens (and match what
         generation sees); otherwise the segmentation pass. Each row containing ``[SEG]`` gives one
-        mask, for its last ``[SEG]``, read from the state before it."""
+        mask, for its last ``[SEG]``, read from the state before it.
+
+        ``prefix`` (from :meth:`encode_prefix` on the same ``image_features``; causal models only):
+        every row starts with it, and the LLM runs only on what follows, on its cached keys and values.
+        ValueError when a row does not start with it."""
+        if prefix is not None and not (self.supports_prefix_cache and prefix.matches(batch)):
+            raise ValueError("prefix: reusable only under seg_attention='causal', by rows that all start with its "
+                             "tokens on its image and go on after it")
         with_aux = self.training if with_aux is None else with_aux
         feats = image_features if image_features is not None else self.encode_images(batch.pixel_values, batch.grids)
         embeds = self.embed(batch.input_ids, feats, batch.image_index)
         bidirectional = self.config.seg_attention == "bidirectional"
-        hidden = self._llm(embeds, batch.input_ids, batch.attention_mask, bidirectional)
+        hidden = self._llm(embeds, batch.input_ids, batch.attention_mask, bidirectional, prefix)
 
         has_labels = bool((batch.labels != IGNORE_INDEX).any())
         lm_logits = lm_loss = None

@@ -138,17 +138,21 @@ def check_weight_files(path: Path) -> None:
     raise ValueError(f"{path}: no model.safetensors (the weights must be in safetensors files)")
 
 
-def load_base(path: Path, dtype: torch.dtype | None, attn_implementation: str):
+def load_base(path: Path, dtype: torch.dtype | None, attn_implementation: str, quantization_config=None,
+              device: str | torch.device | None = None):
     """The InternVL model of a folder, loaded strictly (missing / unexpected / mismatched keys are
-    errors) from safetensors only."""
+    errors) from safetensors only. With ``quantization_config`` (bitsandbytes) the weights are
+    quantized as they load onto ``device`` (default ``cuda``); without, ``device`` is not used."""
     from transformers import InternVLForConditionalGeneration
 
     config = load_internvl_config(path)
     check_weight_files(path)
+    quantized = {} if quantization_config is None else {
+        "quantization_config": quantization_config, "device_map": {"": str(device or "cuda")}}
     try:
         base, info = InternVLForConditionalGeneration.from_pretrained(
             path, config=config, dtype=dtype or torch.float32, attn_implementation=attn_implementation,
-            output_loading_info=True, use_safetensors=True)
+            output_loading_info=True, use_safetensors=True, **quantized)
     except (OSError, RuntimeError, SafetensorError, ValueError) as e:
         raise ValueError(f"cannot load the weights in {path}: {e}") from None
     missing = [k for k in info.get("missing_keys", []) if not (k == "lm_head.weight" and config.tie_word_embeddings)]
@@ -190,7 +194,9 @@ def load_head(head: nn.Module, path: Path, mask_head: str) -> None:
     result = head.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(f"{path / HEAD_WEIGHTS} does not fit mask_head={mask_head!r}: "
-                         f"missing {result.missing_keys}, unexpected {result.unexpected_keys}")
+                         f"missing {result.missing_keys}, unexpected {result.unexpected_keys} (to keep the "
+                         "checkpoint's backbone with a fresh head of another rung, load with new_head=True; "
+                         "in training, new_head: true)")
 
 
 def save_folder(base, tokenizer, head: nn.Module, config: Self1eConfig, directory: Path) -> None:

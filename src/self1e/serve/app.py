@@ -1,4 +1,4 @@
-"""The FastAPI app: the JSON API for programs and the web page for people, around one predictor.
+"""The FastAPI app: the JSON API for programs and the web page for people, around one model.
 
 Routes::
 
@@ -8,26 +8,35 @@ Routes::
     GET  /v1/examples    the bundled example images with expressions and questions
     POST /v1/segment     an image + texts -> one result per text (COCO RLE at the image's size)
     POST /v1/chat        an image + a message (+ history) -> the answer and one result per [SEG]
+    POST /v1/chat/completions  the same in OpenAI's chat-completions format (serve/openai.py)
+    GET  /v1/models      the one model, in OpenAI's format
     GET  /openapi.json   the API's OpenAPI schema; GET /api: a readable page of it (offline)
 
 Requests take JSON (``{"image": base64 or a data URL, ...}``) or a multipart form (an ``image``
 file, ``text`` fields, ``message`` and ``history`` as JSON text). Every error is JSON
 ``{"error": {"status": N, "message": "..."}}``: 413 too large, 422 unusable input, 503 the queue is
 full; bad input never prints a traceback.
+
+The routes are built once (:func:`create_app`) around a *model side* (:class:`ModelSide`): where
+segmentation jobs are batched and run, and chat turns run. The single-process server plugs in
+:class:`LocalModel` (the predictor on one thread, batched by our :class:`Batcher`; :func:`build_app`);
+Ray Serve plugs in a pool of model replicas batched by ``@serve.batch`` (``serve/ray_app.py``). Both
+run the same model-side functions, :func:`run_segment` and :class:`ChatSession`.
 """
 import contextlib
 import hashlib
 import html
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from self1e.inference.predictor import Self1ePredictor
-from self1e.serve.batching import Batcher, QueueFull
+from self1e.serve import openai
+from self1e.serve.batching import Batcher, ModelUnavailable, QueueFull
 from self1e.serve.codec import (
     Limits,
     RequestError,
@@ -59,7 +68,7 @@ class ServeSettings:
     limits: Limits = Limits()
 
 
-def model_note(predictor: Self1ePredictor, name: str) -> dict[str, Any]:
+def model_note(name: str) -> dict[str, Any]:
     """What the loaded model knows, for the page. The shipped default model knows RefShapes only."""
     if name != "default":
         return {"name": name, "domain": None,
@@ -75,35 +84,134 @@ def model_note(predictor: Self1ePredictor, name: str) -> dict[str, Any]:
                      "score is its own confidence, not a probability that the object is there.")}
 
 
+@dataclass(frozen=True)
+class SegmentJob:
+    """One ``/v1/segment`` request, checked: the decoded upload, its texts, whether to draw pictures."""
+
+    upload: Upload
+    texts: list[str]
+    render: bool = False
+
+
+@dataclass(frozen=True)
+class ChatJob:
+    """One chat turn, checked: the upload and its ``key`` (a hash of its bytes), the message, the
+    history, whether to draw pictures, and ``generate``: keyword arguments of the predictor's chat."""
+
+    upload: Upload
+    key: str
+    message: str
+    history: list[dict[str, str]]
+    render: bool = False
+    generate: dict[str, Any] = field(default_factory=dict)
+
+
+def run_segment(predictor: Self1ePredictor, limits: Limits, jobs: list[SegmentJob]) -> list[dict]:
+    """The model side of ``/v1/segment``: a batch of jobs in one ``predict_images`` call (each
+    image encoded once), each answered with its JSON."""
+    grouped = predictor.predict_images([j.upload.image for j in jobs], [j.texts for j in jobs])
+    out = [segment_response(j.upload, results, j.render) for j, results in zip(jobs, grouped)]
+    if any(j.upload.size[0] * j.upload.size[1] > limits.model_pixels for j in jobs):
+        release_memory()
+    return out
+
+
+class ChatSession:
+    """The model side of chat: one predictor and its current image (the same image turn after turn
+    is encoded once). Call it with a :class:`ChatJob`: the answer's JSON, with ``usage`` (prompt and
+    generated token counts)."""
+
+    def __init__(self, predictor: Self1ePredictor) -> None:
+        self.predictor = predictor
+        self.image_key: str | None = None
+
+    def __call__(self, job: ChatJob) -> dict[str, Any]:
+        if self.image_key != job.key:
+            self.image_key = None
+            self.predictor.set_image(job.upload.image)
+            self.image_key = job.key
+        response = self.predictor.chat(job.message, history=job.history, **job.generate)
+        out = segment_response(job.upload, response.segments, job.render)
+        return {"answer": response.text, "history": response.history, **out,
+                "usage": {"prompt_tokens": response.prompt_tokens, "completion_tokens": len(response.token_ids)}}
+
+
+class ModelSide(Protocol):
+    """What the routes need from the model: ``segment`` (batched) and ``chat`` jobs answered as JSON
+    dicts, admission against the queue size (QueueFull when full), and a few facts for /healthz."""
+
+    device: str
+    pending: int
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def segment(self, job: SegmentJob) -> dict: ...
+
+    async def chat(self, job: ChatJob) -> dict: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+
+class LocalModel:
+    """The single-process server's model side: one predictor on one thread, segmentation batched by
+    our :class:`Batcher`, chat turns on the same thread."""
+
+    def __init__(self, predictor: Self1ePredictor, settings: ServeSettings) -> None:
+        self.device = str(predictor.device)
+        self.session = ChatSession(predictor)
+        self.batcher = Batcher(lambda jobs: run_segment(predictor, settings.limits, jobs), settings.max_batch,
+                               settings.batch_wait_ms, settings.queue_size)
+
+    @property
+    def pending(self) -> int:
+        return self.batcher.pending
+
+    async def start(self) -> None:
+        await self.batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+
+    async def segment(self, job: SegmentJob) -> dict:
+        return await self.batcher.submit(job)
+
+    async def chat(self, job: ChatJob) -> dict:
+        return await self.batcher.call(lambda: self.session(job))
+
+    def health(self) -> dict[str, Any]:
+        return {}
+
+
 def build_app(predictor: Self1ePredictor, name: str = "model", settings: ServeSettings = ServeSettings()):
-    """The app around ``predictor`` (which it owns from now on: all model calls run on its thread)."""
+    """The single-process app around ``predictor`` (which it owns from now on: all model calls run on
+    its thread); ``app.state.batcher`` is the Batcher."""
+    model = LocalModel(predictor, settings)
+    app = create_app(model, name, settings)
+    app.state.batcher = model.batcher
+    return app
+
+
+def create_app(model: ModelSide, name: str = "model", settings: ServeSettings = ServeSettings()):
+    """The routes, limits and errors of the API and the page, around a model side."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
     from fastapi.staticfiles import StaticFiles
     from starlette.exceptions import HTTPException
 
     limits = settings.limits
-    state: dict[str, Any] = {"image_key": None}
-
-    def run_segment(jobs: list[tuple[Upload, list[str], bool]]) -> list[dict]:
-        grouped = predictor.predict_images([u.image for u, _, _ in jobs], [texts for _, texts, _ in jobs])
-        out = [segment_response(upload, results, render) for (upload, _, render), results in zip(jobs, grouped)]
-        if any(u.size[0] * u.size[1] > limits.model_pixels for u, _, _ in jobs):
-            release_memory()
-        return out
-
-    batcher = Batcher(run_segment, settings.max_batch, settings.batch_wait_ms, settings.queue_size)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        await batcher.start()
+        await model.start()
         yield
-        await batcher.stop()
+        await model.stop()
 
     app = FastAPI(title="self1e", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Segment images and chat about them with a SELF1E model (one [SEG] token, no decoder).")
-    app.state.batcher = batcher
+    app.state.model = model
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": {"status": status, "message": message}}, status_code=status)
@@ -114,6 +222,10 @@ def build_app(predictor: Self1ePredictor, name: str = "model", settings: ServeSe
 
     @app.exception_handler(QueueFull)
     async def on_queue_full(_, e: QueueFull):
+        return error(503, str(e))
+
+    @app.exception_handler(ModelUnavailable)
+    async def on_unavailable(_, e: ModelUnavailable):
         return error(503, str(e))
 
     @app.exception_handler(RequestValidationError)
@@ -133,12 +245,22 @@ def build_app(predictor: Self1ePredictor, name: str = "model", settings: ServeSe
         log.exception("internal error")
         return error(500, f"internal error ({type(e).__name__}); the server log has the details")
 
-    async def read_request(request: Request) -> dict[str, Any]:
-        """JSON body or multipart form -> {"image": Upload, "fields": {...}}."""
+    def check_length(request: Request) -> None:
+        """413 at once for a body whose declared size cannot hold an image within the limit."""
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limits.max_upload_bytes * 4 // 3 + 65536:
             raise RequestError(413, f"the request is {int(declared):,} bytes; the image limit is "
                                     f"{limits.max_upload_bytes:,} bytes")
+
+    async def read_json(request: Request) -> Any:
+        try:
+            return await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise RequestError(422, "the body is not JSON (send JSON or a multipart form)") from None
+
+    async def read_request(request: Request) -> dict[str, Any]:
+        """JSON body or multipart form -> {"image": Upload, "fields": {...}}."""
+        check_length(request)
         kind = request.headers.get("content-type", "")
         if kind.startswith("multipart/form-data"):
             form = await request.form(max_part_size=limits.max_upload_bytes + 1)
@@ -151,10 +273,7 @@ def build_app(predictor: Self1ePredictor, name: str = "model", settings: ServeSe
                       "render": str(form.get("render", "")).lower() in ("1", "true", "yes"),
                       "max_new_tokens": form.get("max_new_tokens")}
         else:
-            try:
-                body = await request.json()
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise RequestError(422, "the body is not JSON (send JSON or a multipart form)") from None
+            body = await read_json(request)
             if not isinstance(body, dict):
                 raise RequestError(422, "the JSON body must be an object")
             data = b64_bytes(body.get("image"), "image")
@@ -163,12 +282,12 @@ def build_app(predictor: Self1ePredictor, name: str = "model", settings: ServeSe
 
     @app.get("/healthz")
     async def healthz() -> dict:
-        return {"model": name, "device": str(predictor.device), "ready": True, "pending": batcher.pending,
-                "max_batch": settings.max_batch, "queue_size": settings.queue_size}
+        return {"model": name, "device": model.device, "ready": True, "pending": model.pending,
+                "max_batch": settings.max_batch, "queue_size": settings.queue_size, **model.health()}
 
     @app.get("/v1/info")
     async def info() -> dict:
-        return {"model": model_note(predictor, name), "limits": asdict(limits),
+        return {"model": model_note(name), "limits": asdict(limits),
                 "max_history_turns": MAX_HISTORY_TURNS, "max_new_tokens": MAX_NEW_TOKENS}
 
     @app.get("/v1/examples")
@@ -181,7 +300,7 @@ def build_app(predictor: Self1ePredictor, name: str = "model", settings: ServeSe
         """One mask per text, all at the image's original size."""
         req = await read_request(request)
         texts = check_request_texts(req["fields"].get("texts"), limits)
-        return await batcher.submit((req["image"], texts, bool(req["fields"].get("render"))))
+        return await model.segment(SegmentJob(req["image"], texts, bool(req["fields"].get("render"))))
 
     @app.post("/v1/chat", openapi_extra=_body_doc(["message", "history", "max_new_tokens"]))
     async def chat(request: Request) -> dict:
@@ -206,17 +325,34 @@ def build_app(predictor: Self1ePredictor, name: str = "model", settings: ServeSe
             raise RequestError(422, f"'max_new_tokens' must be a whole number, got {tokens!r}") from None
         if not 1 <= tokens <= MAX_NEW_TOKENS:
             raise RequestError(422, f"'max_new_tokens' must be between 1 and {MAX_NEW_TOKENS}, got {tokens}")
-        upload, key, render = req["image"], req["key"], bool(fields.get("render"))
+        out = await model.chat(ChatJob(req["image"], req["key"], message, history, bool(fields.get("render")),
+                                       {"max_new_tokens": tokens}))
+        out.pop("usage")
+        return out
 
-        def run() -> dict:
-            if state["image_key"] != key:  # the same image turn after turn is encoded once
-                predictor.set_image(upload.image)
-                state["image_key"] = key
-            response = predictor.chat(message, history=history, max_new_tokens=tokens)
-            out = segment_response(upload, response.segments, render)
-            return {"answer": response.text, "history": response.history, **out}
+    @app.get("/v1/models")
+    async def models() -> dict:
+        """The one model this server holds, in OpenAI's format."""
+        return openai.models_list(name)
 
-        return await batcher.call(run)
+    @app.post("/v1/chat/completions", openapi_extra=openai.openapi_body())
+    async def chat_completions(request: Request):
+        """OpenAI's chat completions: the answer as message content, its masks in message.segments."""
+        check_length(request)
+        req = openai.parse_request(await read_json(request), MAX_NEW_TOKENS)
+        check_request_texts([req.message], limits, "the last user message")
+        if len(req.history) > 2 * MAX_HISTORY_TURNS:
+            raise RequestError(422, f"the conversation has {len(req.history) + 1} messages; the limit is "
+                                    f"{2 * MAX_HISTORY_TURNS + 1}")
+        job = ChatJob(read_upload(req.image, limits), hashlib.sha1(req.image).hexdigest(), req.message, req.history,
+                      False, {"max_new_tokens": req.max_tokens, **req.sampling})
+        out = await model.chat(job)
+        generated = out["usage"]["completion_tokens"]
+        args = (*openai.new_id(), name, out["answer"], out["results"], openai.finish_reason(generated, req.max_tokens),
+                out["usage"]["prompt_tokens"], generated)
+        if req.stream:
+            return StreamingResponse(openai.stream_events(*args, req.include_usage), media_type="text/event-stream")
+        return openai.completion(*args)
 
     @app.get("/api", response_class=HTMLResponse)
     async def api_page() -> str:

@@ -16,10 +16,54 @@ from typing import Any
 
 
 class QueueFull(RuntimeError):
-    pass
+    """More than ``queue_size`` requests pending: answered 503 at once."""
 
 
-class Batcher:
+class ModelUnavailable(RuntimeError):
+    """The model side could not answer (a replica died and retries ran out): answered 503."""
+
+
+class Admission:
+    """Counts the requests accepted and not yet answered; refuses more than ``queue_size`` (QueueFull)."""
+
+    def __init__(self, queue_size: int) -> None:
+        if queue_size < 1:
+            raise ValueError(f"need queue_size >= 1, got {queue_size}")
+        self.queue_size = queue_size
+        self.pending = 0
+
+    def admit(self) -> None:
+        if self.pending >= self.queue_size:
+            raise QueueFull(f"the server is busy: {self.pending} requests are waiting (queue size "
+                            f"{self.queue_size}); try again shortly")
+        self.pending += 1
+
+    def release(self) -> None:
+        self.pending -= 1
+
+
+def run_isolated(run_batch: Callable[[Sequence[Any]], Sequence[Any]], jobs: Sequence[Any]) -> list[Any]:
+    """``run_batch(jobs)``; when that raises, each job is run alone, so one bad job fails only
+    itself: a failed job's entry is its exception (an instance of Exception), the others their results."""
+    try:
+        results = list(run_batch(list(jobs)))
+        if len(results) != len(jobs):
+            raise RuntimeError(f"the batch gave {len(results)} results for {len(jobs)} jobs")
+        return results
+    except Exception as e:  # noqa: BLE001 - handed to the request(s) that caused it
+        if len(jobs) == 1:
+            return [e]
+        return [_alone(run_batch, job) for job in jobs]
+
+
+def _alone(run_batch: Callable[[Sequence[Any]], Sequence[Any]], job: Any) -> Any:
+    try:
+        return run_batch([job])[0]
+    except Exception as e:  # noqa: BLE001 - handed to the request that caused it
+        return e
+
+
+class Batcher(Admission):
     """``await submit(job)`` -> ``run_batch([job, ...])[k]`` for that job. ``run_batch`` gets 1 to
     ``max_batch`` jobs and returns one result per job; if it raises, each job of that batch is run
     alone, so one bad job fails only itself."""
@@ -29,8 +73,8 @@ class Batcher:
         if max_batch < 1 or queue_size < 1 or wait_ms < 0:
             raise ValueError(f"need max_batch >= 1, queue_size >= 1 and wait_ms >= 0, got {max_batch}, "
                              f"{queue_size}, {wait_ms}")
-        self.run_batch, self.max_batch, self.wait_s, self.queue_size = run_batch, max_batch, wait_ms / 1000, queue_size
-        self.pending = 0  # jobs accepted and not yet answered (queued, batching, or running)
+        super().__init__(queue_size)  # pending: jobs accepted and not yet answered (queued, batching, running)
+        self.run_batch, self.max_batch, self.wait_s = run_batch, max_batch, wait_ms / 1000
         self.batches: list[int] = []  # sizes of the batches run (for tests and /healthz)
         self._queue: asyncio.Queue | None = None
         self._worker: asyncio.Task | None = None
@@ -53,29 +97,23 @@ class Batcher:
             self._worker = None
         self._executor.shutdown(wait=True)
 
-    def _admit(self) -> None:
-        if self.pending >= self.queue_size:
-            raise QueueFull(f"the server is busy: {self.pending} requests are waiting (queue size "
-                            f"{self.queue_size}); try again shortly")
-        self.pending += 1
-
     async def submit(self, job: Any) -> Any:
         """The result of ``job`` from a batch; QueueFull when ``queue_size`` jobs are pending."""
-        self._admit()
+        self.admit()
         future = asyncio.get_running_loop().create_future()
         try:
             self._queue.put_nowait((job, future))
             return await future
         finally:
-            self.pending -= 1
+            self.release()
 
     async def call(self, fn: Callable[[], Any]) -> Any:
         """``fn()`` on the model's thread (not batched), counted against the queue size."""
-        self._admit()
+        self.admit()
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
         finally:
-            self.pending -= 1
+            self.release()
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -96,24 +134,15 @@ class Batcher:
 
     def _run(self, jobs: list[tuple[Any, asyncio.Future]]) -> None:
         """On the model's thread: the batch, or each job alone when the batch fails."""
-        try:
-            results = list(self.run_batch([job for job, _ in jobs]))
-            outcomes = [(fut, r, None) for (_, fut), r in zip(jobs, results)]
-        except Exception:
-            outcomes = []
-            for job, fut in jobs:
-                try:
-                    outcomes.append((fut, self.run_batch([job])[0], None))
-                except Exception as e:  # noqa: BLE001 - handed to the request that caused it
-                    outcomes.append((fut, None, e))
-        for fut, result, error in outcomes:
-            fut.get_loop().call_soon_threadsafe(_settle, fut, result, error)
+        results = run_isolated(self.run_batch, [job for job, _ in jobs])
+        for (_, fut), result in zip(jobs, results):
+            fut.get_loop().call_soon_threadsafe(_settle, fut, result)
 
 
-def _settle(fut: asyncio.Future, result: Any, error: BaseException | None) -> None:
+def _settle(fut: asyncio.Future, result: Any) -> None:
     if fut.done():
         return
-    if error is not None:
-        fut.set_exception(error)
+    if isinstance(result, Exception):
+        fut.set_exception(result)
     else:
         fut.set_result(result)

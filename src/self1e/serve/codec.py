@@ -45,6 +45,9 @@ class RequestError(ValueError):
         super().__init__(message)
         self.status = status
 
+    def __reduce__(self):  # pickled whole (status and message), e.g. from a Ray Serve replica
+        return type(self), (self.status, str(self))
+
 
 @dataclass
 class Upload:

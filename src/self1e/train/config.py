@@ -108,6 +108,7 @@ class TrainConfig:
     self1e: Self1eConfig = field(default_factory=Self1eConfig)  # SELF1E settings (mask head rung, loss weights, ...)
     attn_implementation: str = "sdpa"  # sdpa | eager
     image_size: int | None = None  # train at this tile size: the ViT position embeddings are resampled (None: keep)
+    new_head: bool = False  # from a self1e checkpoint: keep its backbone and LLM, start a fresh mask head
     # -- data
     data: tuple[DataSpec, ...] = ()  # the training mix; at least one segmentation sample per micro-batch
     mix: MixSettings = field(default_factory=MixSettings)  # how the sources are mixed (ratio or repeat)
