@@ -252,34 +252,54 @@ def print_table(results: dict[str, dict]) -> None:
             print(f"  {name:<30}{value:>8.3f}{res['cpu_ratios'][name]:>8.3f}")
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Parse arguments, run the benchmark, print the table, write the JSON; returns the JSON object."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def geometry_args(ap: argparse.ArgumentParser, default_out: Path, what: str = "timed runs per variant") -> None:
+    """The options this script shares with the other geometry benchmarks (bench_predictor.py)."""
     ap.add_argument("--geometry", default="tiny,internvl3-1b", help="comma-separated: tiny, small, internvl3-1b")
-    ap.add_argument("--repeats", type=int, default=3, help="timed runs per variant (median reported)")
+    ap.add_argument("--repeats", type=int, default=3, help=f"{what} (median reported)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed runs per variant first")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    args = ap.parse_args(argv)
-    if args.repeats < 1:
-        ap.error("--repeats must be at least 1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    ap.add_argument("--out", type=Path, default=default_out)
+
+
+def machine_info(threads: int | None = None, **extra) -> dict:
+    """Set torch's threads (when given) and describe the machine and software; printed as one line."""
+    if threads:
+        torch.set_num_threads(threads)
     info = {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
             "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "threads": torch.get_num_threads(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **extra}
     print(f"torch {info['torch']}, transformers {info['transformers']}, {info['threads']} threads, "
-          f"{info['cpu_count']} CPUs")
-    results = {g: bench_geometry(g, args.repeats, args.warmup, getattr(torch, args.dtype))
-               for g in args.geometry.split(",")}
-    print_table(results)
-    report = {"machine": info, "args": {k: str(v) for k, v in vars(args).items()}, "results": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+          f"{info['cpu_count']} CPUs", flush=True)
+    return info
+
+
+def write_report(report: dict, out: Path) -> dict:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {out}")
     return report
+
+
+def run_geometries(description: str, bench: Callable, table: Callable, default_out: Path,
+                   argv: list[str] | None, what: str = "timed runs per variant") -> dict:
+    """A geometry benchmark's command line: parse, ``bench(geometry, repeats, warmup, dtype)`` for
+    each geometry, print ``table(results)``, write the JSON; returns the JSON object."""
+    ap = argparse.ArgumentParser(description=description)
+    geometry_args(ap, default_out, what)
+    args = ap.parse_args(argv)
+    if args.repeats < 1:
+        ap.error("--repeats must be at least 1")
+    info = machine_info(args.threads)
+    results = {g: bench(g, args.repeats, args.warmup, getattr(torch, args.dtype)) for g in args.geometry.split(",")}
+    table(results)
+    return write_report({"machine": info, "args": {k: str(v) for k, v in vars(args).items()}, "results": results},
+                        args.out)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return run_geometries(__doc__.splitlines()[0], bench_geometry, print_table, DEFAULT_OUT, argv)
 
 
 if __name__ == "__main__":

@@ -18,11 +18,6 @@ sharing its weights. Variants are interleaved in rounds with the order rotated e
 """
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -31,14 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import transformers
 
 from self1e.inference import Self1ePredictor
 from self1e.model import Self1eConfig, Self1eModel
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # bench_model, also when loaded from a test
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_model import build_base, timed  # noqa: E402
+from bench_model import build_base, run_geometries, timed  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "bench_predictor.json"
 COUNTS = (1, 4, 16)
@@ -178,33 +172,7 @@ def print_table(results: dict[str, dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Parse arguments, run the benchmark, print the tables, write the JSON; returns the JSON object."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--geometry", default="tiny,internvl3-1b", help="comma-separated: tiny, small, internvl3-1b")
-    ap.add_argument("--repeats", type=int, default=3, help="timed rounds (median reported)")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed calls per variant first")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    args = ap.parse_args(argv)
-    if args.repeats < 1:
-        ap.error("--repeats must be at least 1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    info = {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "threads": torch.get_num_threads(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    print(f"torch {info['torch']}, transformers {info['transformers']}, {info['threads']} threads, "
-          f"{info['cpu_count']} CPUs")
-    results = {g: bench_geometry(g, args.repeats, args.warmup, getattr(torch, args.dtype))
-               for g in args.geometry.split(",")}
-    print_table(results)
-    report = {"machine": info, "args": {k: str(v) for k, v in vars(args).items()}, "results": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
-    return report
+    return run_geometries(__doc__.splitlines()[0], bench_geometry, print_table, DEFAULT_OUT, argv, "timed rounds")
 
 
 if __name__ == "__main__":

@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import functools
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -39,7 +37,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import transformers
 
 from self1e import Self1ePredictor
 from self1e.data.datasets import load_dataset
@@ -305,23 +302,13 @@ def main(argv: list[str] | None = None) -> dict:
     for name in ("samples", "geometry_samples", "batch", "repeats", "threads"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
-    torch.set_num_threads(args.threads)
-    info = {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "threads": args.threads,
-            "quantized_engine": torch.backends.quantized.engine,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    print(f"torch {info['torch']} ({info['quantized_engine']} int8 engine), transformers {info['transformers']}, "
-          f"{args.threads} thread(s), {info['cpu_count']} CPUs", flush=True)
+    info = bench_model_module().machine_info(args.threads, quantized_engine=torch.backends.quantized.engine)
     report: dict = {"machine": info, "args": {k: str(v) for k, v in vars(args).items()}}
     report["default"] = bench_shipped(args.samples, args.batch, args.repeats, args.warmup, args.threads)
     geometries = [g for g in args.geometry.split(",") if g]
     report["geometry"] = {g: bench_geometry(g, args.geometry_samples, args.repeats, args.warmup) for g in geometries}
     print_summary(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
-    return report
+    return bench_model_module().write_report(report, args.out)
 
 
 if __name__ == "__main__":

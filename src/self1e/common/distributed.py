@@ -40,3 +40,20 @@ def any_rank(flag: bool, device=None) -> bool:
     t = torch.tensor([int(flag)], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def gather_checked(payload: dict, error: Exception | None, what: str) -> list[dict]:
+    """Every rank's ``payload`` (a picklable dict), in rank order, on every rank. A rank that failed
+    passes its ``error`` and still joins the gather, so no rank waits forever: it re-raises its own
+    exception, and the others raise a ValueError naming the failed rank and its error."""
+    import torch.distributed as dist
+
+    gathered: list = [None] * dist.get_world_size()
+    message = None if error is None else f"{type(error).__name__}: {error}"
+    dist.all_gather_object(gathered, {**payload, "error": message})
+    if error is not None:
+        raise error
+    failed = [(r, p["error"]) for r, p in enumerate(gathered) if p["error"] is not None]
+    if failed:
+        raise ValueError(f"{what} failed on rank {failed[0][0]}: {failed[0][1]}")
+    return gathered

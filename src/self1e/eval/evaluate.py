@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from self1e.common.distributed import rank_world
+from self1e.common.distributed import gather_checked, rank_world
 from self1e.common.errors import DataError
 from self1e.common.images import image_size, read_mask, save_image, write_mask_png
 from self1e.common.overlay import overlay
@@ -323,17 +323,8 @@ def _reduce_across_ranks(
     A rank that failed still joins the gather (carrying its error), so no rank waits forever: the
     failed rank re-raises its own exception, the others raise a ValueError naming it.
     """
-    import torch.distributed as dist
-
-    payload = {"state": acc.state_dict(), "seconds": seconds, "missing": missing, "emission": emission,
-               "error": None if error is None else f"{type(error).__name__}: {error}"}
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, payload)
-    if error is not None:
-        raise error
-    failed = [(r, p["error"]) for r, p in enumerate(gathered) if p["error"] is not None]
-    if failed:
-        raise ValueError(f"evaluation failed on rank {failed[0][0]}: {failed[0][1]}")
+    gathered = gather_checked({"state": acc.state_dict(), "seconds": seconds, "missing": missing,
+                               "emission": emission}, error, "evaluation")
     total = IoUAccumulator()
     for part in gathered:  # rank order
         total.merge(IoUAccumulator.from_state_dict(part["state"]))

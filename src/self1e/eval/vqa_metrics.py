@@ -33,7 +33,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from self1e.common.distributed import rank_world
+from self1e.common.distributed import gather_checked, rank_world
 from self1e.data.internvl_vqa import VqaEvalSample
 from self1e.data.sample import Sample
 
@@ -313,17 +313,7 @@ def _reduce_across_ranks(acc: VqaAccumulator, seconds: float,
                          error: Exception | None) -> tuple[VqaAccumulator, float]:
     """Every rank's exact sums, merged on every rank; a failed rank re-raises its error, the others
     raise a ValueError naming it (as ``self1e.eval.evaluate`` does for masks)."""
-    import torch.distributed as dist
-
-    payload = {"state": acc.state_dict(), "seconds": seconds,
-               "error": None if error is None else f"{type(error).__name__}: {error}"}
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, payload)
-    if error is not None:
-        raise error
-    failed = [(r, p["error"]) for r, p in enumerate(gathered) if p["error"] is not None]
-    if failed:
-        raise ValueError(f"VQA evaluation failed on rank {failed[0][0]}: {failed[0][1]}")
+    gathered = gather_checked({"state": acc.state_dict(), "seconds": seconds}, error, "VQA evaluation")
     total = VqaAccumulator(acc.metric)
     for part in gathered:
         total.merge(VqaAccumulator.from_state_dict(part["state"]))
