@@ -12,8 +12,9 @@ excluded). Beside it, this script starts and afterwards stops (by its pid) one o
 - ``python``: a plain busy Python loop (one core taken).
 
 Settings: ``self1e`` (what the library chooses: sleeping OpenMP threads, one thread for the small
-shipped model) and ``torch-default`` (``SELF1E_THREADS=0``: torch's own thread count and OpenMP's
-spinning wait). Target: loaded / idle <= 2 with self1e's settings.
+shipped model), ``self1e-2-threads`` (sleeping threads, two of them: ``SELF1E_THREADS=2``) and
+``torch-default`` (``SELF1E_THREADS=0``: torch's own thread count and OpenMP's spinning wait).
+Target: loaded / idle <= 2 with self1e's settings.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ NEIGHBOURS = {
     "torch": "import torch\na = torch.randn(96, 96)\nwhile True:\n    a = torch.tanh(a @ a)\n",
     "python": "x = 0\nwhile True:\n    x = (x * 31 + 7) % 1000003\n",
 }
-SETTINGS = {"self1e": {}, "torch-default": {"SELF1E_THREADS": "0"}}
+SETTINGS = {"self1e": {}, "self1e-2-threads": {"SELF1E_THREADS": "2"}, "torch-default": {"SELF1E_THREADS": "0"}}
 
 
 def clean_env(extra: dict[str, str]) -> dict[str, str]:

@@ -31,3 +31,21 @@ def tiny_model_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny_self1e")
     Self1eModel.from_base(base, tok).save_pretrained(d)
     return d
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray for one test module: 2 CPUs, no dashboard, every service on 127.0.0.1 (checked),
+    shut down at the module's end. Skipped without the ray extra."""
+    ray = pytest.importorskip("ray", reason="needs the ray extra (pip install 'self1e[ray]')")
+    from self1e.cli.ray_cluster import loopback_only
+
+    restore = loopback_only()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+             namespace="self1e-tests")
+    try:
+        assert ray.util.get_node_ip_address() == "127.0.0.1"
+        yield ray
+    finally:
+        ray.shutdown()
+        restore()

@@ -159,3 +159,31 @@ def test_import_parsing(tmp_path, source, expected):
     path = tmp_path / "m.py"
     path.write_text(source)
     assert [t for t, _ in imports_of(path)[0]] == expected
+
+
+RAY_MODULES = {"self1e.serve.ray_app", "self1e.eval.ray_data"}  # the only modules that import Ray at their top
+
+
+def top_level_imports(path: Path) -> set[str]:
+    """Modules imported at a module's top level (not inside functions or classes)."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text(), filename=str(path)).body:
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
+def test_nothing_imports_ray_unless_asked():
+    """Ray (the optional `ray` extra) is imported at the top of the two --ray modules only, and those
+    are imported by nobody at their top: a run without --ray never loads Ray."""
+    bad = []
+    for m, p in MODULES.items():
+        top = top_level_imports(p)
+        if m not in RAY_MODULES and any(t == "ray" or t.startswith("ray.") for t in top):
+            bad.append(f"{m} imports ray at its top")
+        bad += [f"{m} imports {t} at its top" for t in top & RAY_MODULES if m not in RAY_MODULES]
+    assert not bad, "\n".join(bad)
+    assert all(any(t == "ray" or t.startswith("ray.") for t in top_level_imports(MODULES[m])) for m in RAY_MODULES)

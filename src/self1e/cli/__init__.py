@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ("segment", "chat", "eval", "data", "train", "demo", "serve", "import_authors")
+COMMANDS = ("segment", "chat", "eval", "batch", "data", "train", "demo", "serve", "import_authors")
 
 
 def build_parser() -> argparse.ArgumentParser:

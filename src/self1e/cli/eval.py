@@ -6,7 +6,9 @@ a model's VQA accuracy (GQA: exact match) on VQA evaluation sets (internvl_vqa_e
 
 Writes ``report.json`` and ``report.md`` (schema: ``self1e.eval.report``) and prints the table.
 Runs sharded under ``torchrun --no-python self1e eval ...`` (or ``accelerate launch``); the result
-equals a one-process run bit for bit.
+equals a one-process run bit for bit. With ``--ray [--address ADDR] [--actors N] [--gpus-per-actor G]``
+the model runs as a Ray Data pipeline on a pool of predictor actors (the ``ray`` extra;
+self1e.eval.ray_data): the same report, masks and metrics.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import logging
 from pathlib import Path
 
 from self1e.cli.options import add_device, add_model, add_quantize, add_settings, quantize_from, settings_from
+from self1e.cli.ray_cluster import add_actor_options, add_address
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +64,11 @@ def add_parser(sub) -> None:
     add_quantize(p)
     add_settings(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ray = p.add_argument_group("Ray Data (needs self1e[ray])")
+    ray.add_argument("--ray", action="store_true", help="run the model as a Ray Data pipeline on a pool of "
+                     "predictor actors (same report, masks and metrics)")
+    add_address(ray)
+    add_actor_options(ray)
     p.set_defaults(run=run)
 
 
@@ -86,10 +94,14 @@ def run(args: argparse.Namespace) -> int:
     quantize = quantize_from(args)
     if quantize and args.model is None:
         raise ValueError("--quantize changes how a model runs; it needs --model, not --predictions")
-    if args.model is not None:
+    if args.ray and args.model is None:
+        raise ValueError("--ray runs a model on Ray actors; it needs --model (--predictions is scored without Ray)")
+    if args.model is not None and not args.ray:
         from self1e.inference.predictor import pick_device
 
         pick_device(args.device)  # a bad --device fails before the datasets and the model load
+    if args.ray:
+        return run_on_ray(args, settings)
 
     started_dist = init_from_env(args.device)
     try:
@@ -130,4 +142,44 @@ def run(args: argparse.Namespace) -> int:
             import torch.distributed as dist
 
             dist.destroy_process_group()
+    return 0
+
+
+def run_on_ray(args: argparse.Namespace, settings: dict) -> int:
+    """``self1e eval --ray``: each dataset's masks from the Ray Data pipeline, scored and reported by
+    the same code as without Ray."""
+    from self1e.cli.ray_cluster import pool_options, ray_session
+    from self1e.common.distributed import rank_world
+    from self1e.eval.pipeline import evaluate_to_report, load_named
+    from self1e.eval.report import markdown_table
+    from self1e.eval.vqa_metrics import is_vqa_eval
+
+    if rank_world()[1] > 1:
+        raise ValueError("--ray shards over Ray actors; run it as one process, not under torchrun")
+    datasets = load_named(args.data)
+    vqa = [d.spec for d in datasets if is_vqa_eval(d.samples)]
+    if vqa:
+        raise ValueError(f"--data {vqa[0]} is a VQA evaluation set: --ray evaluates segmentation datasets; "
+                         "run the VQA sets without --ray")
+    options = pool_options(args, args.model, args.device, settings, quantize_from(args))
+    with ray_session(args.address):
+        from self1e.eval.ray_data import RayDataSource
+
+        sources: dict[str, RayDataSource] = {}
+
+        def source_for(d):
+            if d.key not in sources:
+                sources[d.key] = RayDataSource(d.samples, options, batch_size=args.batch_size, limit=args.limit)
+            return sources[d.key]
+
+        def info(key: str):
+            return lambda: next((s.info[key] for s in sources.values() if s.info), None)
+
+        overlay_dir = args.out.parent / f"{args.out.stem}_overlays" if args.num_overlays else None
+        report = evaluate_to_report(source_for, datasets, args.out, batch_size=args.batch_size, limit=args.limit,
+                                    save_masks=args.save_masks, overlays=args.num_overlays, overlay_dir=overlay_dir,
+                                    progress=not args.no_progress, model=args.model, predictions=None,
+                                    device=info("device"), self1e=info("self1e"))
+    print(markdown_table(report), end="")
+    logger.info("wrote %s and its .md", args.out)
     return 0

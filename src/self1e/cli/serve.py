@@ -10,6 +10,7 @@ started (on 127.0.0.1) unless ``--address`` names a running cluster.
 from __future__ import annotations
 
 from self1e.cli.options import add_device, add_model, add_quantize, add_settings, quantize_from, settings_from
+from self1e.cli.ray_cluster import add_address
 
 
 def add_server_options(p) -> None:
@@ -40,8 +41,7 @@ def add_parser(sub) -> None:
     ray = p.add_argument_group("Ray Serve (needs self1e[ray])")
     ray.add_argument("--ray", action="store_true", help="serve on Ray Serve: the same app, the model on replicas, "
                      "batched by Ray Serve's @serve.batch")
-    ray.add_argument("--address", metavar="ADDR", help="a running Ray cluster (host:6379, auto or ray://...); "
-                     "default: start a local Ray on this machine")
+    add_address(ray)
     ray.add_argument("--replicas", type=int, default=1, metavar="N", help="model replicas (default: %(default)s)")
     ray.add_argument("--gpus-per-replica", type=float, default=0.0, metavar="G",
                      help="GPUs reserved per model replica, fractions allowed (default: %(default)s)")
@@ -78,40 +78,41 @@ def serve(args, model: str) -> int:
 
 def serve_on_ray(args, model: str, settings) -> int:
     """Deploy the app on Ray Serve (a local Ray, or the cluster at ``--address``) and wait for Ctrl-C."""
-    import os
+    import signal
     import time
+
+    from self1e.cli.ray_cluster import ray_session
 
     if args.replicas < 1:
         raise ValueError(f"--replicas must be at least 1, got {args.replicas}")
-    if not args.address:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a local Ray: on 127.0.0.1 only
-    try:
-        import ray
-        from ray import serve
 
-        from self1e.serve.ray_app import APP_NAME, build_application
-    except ImportError as e:
-        raise ValueError(f"--ray needs Ray Serve ({e.name} is missing): pip install 'self1e[ray]'") from None
-    if args.address:
-        ray.init(address=args.address)
-    else:
-        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False)
-    try:
-        serve.start(http_options={"host": args.host, "port": args.port})
-        app = build_application(model, name=str(model), device=args.device, config=settings_from(args) or None,
-                                threads=args.threads, quantize=quantize_from(args), settings=settings,
-                                replicas=args.replicas, cpus_per_replica=args.cpus_per_replica,
-                                gpus_per_replica=args.gpus_per_replica)
-        serve.run(app, name=APP_NAME, route_prefix="/")
-        print(f"self1e: serving {model} on Ray Serve at http://{args.host}:{args.port}/ ({args.replicas} "
-              f"replica(s); API: /api, /openapi.json); Ctrl-C stops")
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    def stop(*_):
+        raise KeyboardInterrupt
+
+    with ray_session(args.address, log_to_driver=True):
+        try:
+            from ray import serve
+
+            from self1e.serve.ray_app import APP_NAME, build_application
+        except ImportError as e:
+            raise ValueError(f"--ray needs Ray Serve ({e.name} is missing): pip install 'self1e[ray]'") from None
+        for sig in (signal.SIGINT, signal.SIGTERM):  # also when started in the background: stop the app, then Ray
+            signal.signal(sig, stop)
+        try:
+            serve.start(http_options={"host": args.host, "port": args.port})
+            app = build_application(model, name=str(model), device=args.device,
+                                    config=settings_from(args) or None, threads=args.threads,
+                                    quantize=quantize_from(args), settings=settings, replicas=args.replicas,
+                                    cpus_per_replica=args.cpus_per_replica, gpus_per_replica=args.gpus_per_replica)
+            serve.run(app, name=APP_NAME, route_prefix="/")
+            print(f"self1e: serving {model} on Ray Serve at http://{args.host}:{args.port}/ ({args.replicas} "
+                  f"replica(s); API: /api, /openapi.json); Ctrl-C stops")
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            serve.shutdown()
 
 
 def run(args) -> int:

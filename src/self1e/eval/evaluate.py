@@ -52,7 +52,9 @@ Prediction = np.ndarray | list[np.ndarray]  # one mask, or one per object of a m
 class PredictionSource(Protocol):
     """Where predicted masks come from. ``predict`` returns, per item, one bool (H, W) mask at the
     item's original size, or for a multi-object request one mask per phrase; ``needs_images`` says
-    whether items must carry their decoded image."""
+    whether items must carry their decoded image. A source may also define
+    ``load_item(index, sample, want_image) -> EvalItem`` to build the items itself (one whose images
+    were decoded elsewhere, e.g. by Ray Data workers); it raises what :func:`load_item` would."""
 
     needs_images: bool
 
@@ -186,6 +188,29 @@ def _image_size(sample: Sample) -> tuple[int, int]:
     return sample.load_image().size
 
 
+def evaluable_samples(samples: Sequence[Sample], limit: int | None = None) -> list[Sample]:
+    """The samples :func:`evaluate` scores, in its order: those with a text (VQA samples have no mask),
+    the first ``limit`` of them."""
+    evaluable = [s for s in samples if s.text is not None]
+    return evaluable[:limit] if limit is not None else evaluable
+
+
+def sample_image(sample: Sample) -> Image.Image:
+    """The sample's image; one that cannot be read raises DataError naming the sample (where it
+    comes from and its id) and the reason."""
+    try:
+        return sample.load_image()
+    except DataError as e:
+        who = f"{sample.where} (id {sample.id!r})" if sample.where else f"sample {sample.id!r}"
+        raise DataError(f"{who}: {e}") from None
+
+
+def load_item(index: int, sample: Sample, want_image: bool) -> EvalItem:
+    """The item of ``sample``: its image decoded when wanted, else only its size (a file's header)."""
+    image = sample_image(sample) if want_image else None
+    return EvalItem(index, sample, image.size if image is not None else _image_size(sample), image)
+
+
 def _check_unique_ids(samples: Sequence[Sample]) -> None:
     seen: dict[str, Sample] = {}
     for s in samples:
@@ -227,11 +252,10 @@ def evaluate(
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
     rank, world = rank_world()
-    evaluable = [s for s in samples if s.text is not None]
-    skipped_vqa = len(samples) - len(evaluable)
+    skipped_vqa = sum(s.text is None for s in samples)
     if skipped_vqa and rank == 0:
         logger.info("%s: skipped %d VQA samples (no mask to evaluate)", desc, skipped_vqa)
-    evaluable = evaluable[:limit] if limit is not None else evaluable
+    evaluable = evaluable_samples(samples, limit)
     if save_masks is not None or isinstance(source, FolderSource):
         _check_unique_ids(evaluable)
     save_dir = Path(save_masks) if save_masks is not None else None
@@ -280,13 +304,10 @@ def _run_shard(
 ) -> None:
     """Predict, score and (optionally) save/draw ``samples[i]`` for i in ``indices``, in batches."""
     bar = tqdm(total=len(indices), desc=desc, unit="sample", disable=not progress)
+    load = getattr(source, "load_item", load_item)
     for b in range(0, len(indices), batch_size):
-        items = []
-        for i in indices[b : b + batch_size]:
-            s = samples[i]
-            want_image = source.needs_images or (draw_dir is not None and i < overlays)
-            image = s.load_image() if want_image else None
-            items.append(EvalItem(i, s, image.size if image is not None else _image_size(s), image))
+        items = [load(i, samples[i], source.needs_images or (draw_dir is not None and i < overlays))
+                 for i in indices[b : b + batch_size]]
         preds = source.predict(items)
         for it, pred in zip(items, preds):
             s = it.sample

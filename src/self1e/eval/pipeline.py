@@ -51,7 +51,9 @@ def evaluate_to_report(
 ) -> dict[str, Any] | None:
     """Evaluate ``source_for(dataset)`` on each dataset and write the report to ``report_path``.
 
-    ``report_fields`` go into the report's header (model, predictions, device, self1e settings).
+    ``report_fields`` go into the report's header (model, predictions, device, self1e settings); a
+    callable value is called once every dataset is evaluated (a fact only known then, such as the
+    settings that remote workers loaded).
     """
     several = len(datasets) > 1
 
@@ -75,6 +77,7 @@ def evaluate_to_report(
     rank, world = rank_world()
     if rank != 0:
         return None
-    report = build_report(entries, world_size=world, batch_size=batch_size, limit=limit, **report_fields)
+    fields = {k: v() if callable(v) else v for k, v in report_fields.items()}
+    report = build_report(entries, world_size=world, batch_size=batch_size, limit=limit, **fields)
     write_report(report, report_path)
     return report

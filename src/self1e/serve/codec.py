@@ -21,11 +21,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from self1e.common.errors import DataError, TooLargeError
 from self1e.common.images import MAX_IMAGE_PIXELS, decode_image
 from self1e.common.overlay import draw_masks, pick_colours
+from self1e.inference.results import bbox, result_json, rle  # noqa: F401 - the API's results (re-exported)
 from self1e.model.processing import MAX_TEXT_CHARS, check_text
 
 
@@ -126,30 +126,10 @@ def to_size(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 127
 
 
-def rle(mask: np.ndarray) -> dict:
-    """COCO RLE of a bool (H, W) mask, as pycocotools writes it: ``{"size": [H, W], "counts": str}``."""
-    encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in encoded["size"]], "counts": encoded["counts"].decode("ascii")}
-
-
-def bbox(mask: np.ndarray) -> list[int]:
-    """[x, y, w, h] of the mask's foreground (COCO's box convention), [0, 0, 0, 0] when empty."""
-    ys, xs = np.nonzero(mask)
-    if not len(xs):
-        return [0, 0, 0, 0]
-    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
-
-
 def png_data_url(image: Image.Image) -> str:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def result_json(text: str, mask: np.ndarray, score: float) -> dict:
-    """One result of the API: the text, score, emptiness, box, pixel count and COCO RLE."""
-    return {"text": text, "score": round(float(score), 4), "empty": not mask.any(), "pixels": int(mask.sum()),
-            "bbox": bbox(mask), "rle": rle(mask)}
 
 
 def pictures(image: Image.Image, masks: list[np.ndarray]) -> tuple[list[str], dict]:

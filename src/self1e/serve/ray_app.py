@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -33,6 +34,7 @@ from self1e.serve.app import ChatJob, ChatSession, SegmentJob, ServeSettings, cr
 from self1e.serve.batching import Admission, ModelUnavailable, run_isolated
 from self1e.serve.codec import Limits
 
+log = logging.getLogger(__name__)
 APP_NAME = "self1e"
 MODEL_DEPLOYMENT = "Self1eModel"
 INGRESS_DEPLOYMENT = "Self1eIngress"
@@ -54,11 +56,13 @@ class Self1eModel:
         self.session = ChatSession(self.predictor)
         self.batches: list[int] = []  # sizes of the batches run (for tests and benchmarks)
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="self1e-model")
-        self.segment_batch.set_max_batch_size(max_batch)
-        self.segment_batch.set_batch_wait_timeout_s(batch_wait_ms / 1000)
+        # Ray Serve's dynamic batching, one queue per replica (decorated here, so that its sizes are the
+        # deployment's arguments and two instances in one process never share a queue)
+        self._batched = serve.batch(max_batch_size=max_batch, batch_wait_timeout_s=batch_wait_ms / 1000)(
+            self._segment_batch)
 
-    @serve.batch
-    async def segment_batch(self, jobs: list[SegmentJob]) -> list[Any]:
+    async def _segment_batch(self, jobs: list[SegmentJob]) -> list[Any]:
+        """Up to max_batch jobs in one ``predict_images`` call, on the model's thread."""
         self.batches.append(len(jobs))
         return await asyncio.get_running_loop().run_in_executor(self._executor, run_isolated, self._run, jobs)
 
@@ -66,7 +70,7 @@ class Self1eModel:
         return run_segment(self.predictor, self.limits, jobs)
 
     async def segment(self, job: SegmentJob) -> Any:
-        return await self.segment_batch(job)
+        return await self._batched(job)
 
     async def chat(self, job: ChatJob) -> Any:
         try:
@@ -83,10 +87,11 @@ class RemoteModel:
     through a deployment handle; admission against the queue size happens here, before any replica
     is asked."""
 
-    def __init__(self, handle, queue_size: int, replicas: Any = None, retries: int = RETRIES) -> None:
-        self.handle, self.retries, self.replicas = handle, retries, replicas
+    def __init__(self, handle, queue_size: int, retries: int = RETRIES) -> None:
+        self.handle, self.retries = handle, retries
         self.admission = Admission(queue_size)
         self.device = "unknown"
+        self.retried = 0  # calls asked again after a replica failed them
 
     @property
     def pending(self) -> int:
@@ -109,6 +114,8 @@ class RemoteModel:
                 return await (call.remote(job) if job is not None else call.remote())
             except (RayActorError, DeploymentUnavailableError) as e:  # the replica died or is gone: ask again
                 last = e
+                self.retried += 1
+                log.warning("a model replica failed a %s call (%s); asking again", method, type(e).__name__)
                 await asyncio.sleep(0.25 * (attempt + 1))
         raise ModelUnavailable(f"the model replicas failed to answer ({type(last).__name__}, {self.retries} tries); "
                                "try again shortly")
@@ -130,7 +137,7 @@ class RemoteModel:
         return await self._job("chat", job)
 
     def health(self) -> dict[str, Any]:
-        return {"backend": "ray", "replicas": self.replicas}
+        return {"backend": "ray", "retried": self.retried}
 
 
 @serve.deployment(name=INGRESS_DEPLOYMENT)
@@ -138,9 +145,9 @@ class RemoteModel:
 class Self1eIngress:
     """The FastAPI app of serve/app.py, built in the replica around a handle to the model replicas."""
 
-    def __init__(self, model_handle, name: str, settings: ServeSettings, replicas: Any = None) -> None:
+    def __init__(self, model_handle, name: str, settings: ServeSettings) -> None:
         self.name, self.settings = name, settings
-        self.model = RemoteModel(model_handle, settings.queue_size, replicas)
+        self.model = RemoteModel(model_handle, settings.queue_size)
 
     def __serve_build_asgi_app__(self):
         return create_app(self.model, self.name, self.settings)
@@ -165,7 +172,7 @@ def build_application(model: str, *, name: str | None = None, device: str | None
                                     ray_actor_options={"num_cpus": ingress_cpus})
     model_app = worker.bind(str(model), device, dict(config or {}), threads, quantize, settings.limits,
                             settings.max_batch, settings.batch_wait_ms)
-    return ingress.bind(model_app, name or str(model), settings, dict(autoscaling) if autoscaling else replicas)
+    return ingress.bind(model_app, name or str(model), settings)
 
 
 def app_builder(args: Mapping[str, Any]):
