@@ -176,3 +176,24 @@ def test_bench_quantize_smoke_run_compares_float32_and_int8(tmp_path):
     assert tiny["latency_segmentation_forward"]["int8_over_float32"] > 0
     fresh = shipped["memory"]["fresh_process"]
     assert all(v is None or v["peak_rss_bytes"] >= v["rss_bytes"] > 0 for v in fresh.values())
+
+
+def test_bench_gpu_smoke_run_on_cpu(tmp_path):
+    """The GPU benchmark's parts on the CPU with a tiny model: throughput and a LoRA step are measured,
+    and an accelerate config whose package is missing is reported as not run, with the reason."""
+    module = load_script("bench_gpu")
+    report = module.main(["--model", "tiny:tiny", "--device", "cpu", "--dtype", "float32", "--steps", "1",
+                          "--images", "2", "--batch-size", "1", "--parts", "predict,step,accelerate",
+                          "--configs", "deepspeed_zero2", "--out", str(tmp_path / "gpu.json")])
+    saved = json.loads((tmp_path / "gpu.json").read_text())
+    assert saved["results"] == json.loads(json.dumps(report["results"]))
+    predict, step = saved["results"]["predict"], saved["results"]["train_step"]
+    assert predict["images_per_s"] > 0 and predict["expressions_per_s"] > 0 and predict["expressions_per_image"] == 16
+    assert step["seconds_per_step"] > 0 and 0 < step["trainable_M"] < step["total_M"]
+    zero2 = saved["results"]["accelerate"]["deepspeed_zero2"]
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:
+        assert zero2 == {"status": "not run", "reason": "the deepspeed package is not installed"}
+    else:
+        assert zero2["status"] != "not run"

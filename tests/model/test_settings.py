@@ -7,6 +7,7 @@ import re
 from dataclasses import fields, replace
 
 import pytest
+import torch
 import yaml
 
 from self1e.cli import main
@@ -143,3 +144,38 @@ def test_another_rung_over_a_checkpoint_keeps_the_backbone_with_a_fresh_head(rfr
     shapes = {k: tuple(v.shape) for k, v in saved.head.state_dict().items()}
     assert shapes != {k: tuple(v.shape) for k, v in other.head.state_dict().items()}
     assert load_config(None, ["new_head=true"]).new_head is True
+
+
+def test_random_geometry_builds_a_real_config_with_random_weights(tmp_path):
+    from self1e.model.tiny import tiny_config
+
+    folder = tmp_path / "geometry"
+    folder.mkdir()
+    config = tiny_config("tiny", vocab_size=1000, image_token_id=999)  # a vocabulary larger than the tokenizer's
+    raw = json.loads(config.to_json_string())
+    raw["text_config"].update(num_hidden_layers=3, layer_types=["full_attention"] * 3)
+    (folder / "config.json").write_text(json.dumps(raw))
+    model = load_model(f"random:{folder}", dtype=torch.bfloat16)
+    assert model.base.config.text_config.num_hidden_layers == 3 and model.base.config.text_config.vocab_size == 1000
+    assert model.base.config.image_token_id == model.tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>") != 999
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    a, b = load_model(f"random:{folder / 'config.json'}"), load_model(f"random:{folder}")  # the file works too
+    assert all(torch.equal(x, y) for x, y in zip(a.base.parameters(), b.base.parameters()))  # seeded
+    with pytest.raises(ValueError, match="no config.json"):
+        load_model(f"random:{tmp_path / 'missing'}")
+    (folder / "config.json").write_text(json.dumps({**raw, "model_type": "qwen2"}))
+    with pytest.raises(ValueError, match="model_type"):
+        load_model(f"random:{folder}")
+
+
+def test_a_lora_target_that_matches_nothing_is_named():
+    from self1e.train.config import LoraSettings
+    from self1e.train.setup import check_lora_targets, configure_trainable
+
+    model = load_model("tiny:tiny")
+    counts = check_lora_targets(model, LoraSettings(enabled=True))
+    assert counts["llm_targets.q_proj"] == 2 and counts["vit_targets.fc2"] == 2  # two layers of each
+    typo = LoraSettings(enabled=True, llm_targets=("q_proj", "qproj"), vit_targets=("qkv",))
+    with pytest.raises(ValueError, match=r"lora.llm_targets: 'qproj', lora.vit_targets: 'qkv'"):
+        configure_trainable(model, typo)
+    assert not any("lora" in n for n, _ in model.named_parameters())  # refused before anything was injected

@@ -8,7 +8,8 @@ def add_model(p: argparse.ArgumentParser | argparse._ArgumentGroup, default: str
               required: bool = False) -> None:
     p.add_argument("--model", default=default, required=required, metavar="NAME_OR_DIR",
                    help="a self1e checkpoint folder, a plain InternVL -hf folder, 'default' (the shipped "
-                        "RefShapes model) or tiny:NAME (random init)" + (" (default: %(default)s)" if default else ""))
+                        "RefShapes model), tiny:NAME (random init) or random:CONFIG_DIR (random weights at the "
+                        "shapes of CONFIG_DIR/config.json)" + (" (default: %(default)s)" if default else ""))
 
 
 def add_device(p: argparse.ArgumentParser) -> None:

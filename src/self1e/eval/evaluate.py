@@ -7,9 +7,11 @@ equals a one-process run bit for bit.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,6 +46,7 @@ class EvalItem:
     sample: Sample
     size: tuple[int, int]
     image: Image.Image | None = None
+    prepared: Any = None  # the model's input for ``image``, when the source prepares it ahead (``prepare``)
 
 
 Prediction = np.ndarray | list[np.ndarray]  # one mask, or one per object of a multi-object request
@@ -77,10 +80,15 @@ class PredictorSource:
         self.count_emission = count_emission
         self.emission = {"requests": 0, "objects": 0, "seg_emitted": 0, "right_count": 0}
 
+    def prepare(self, item: EvalItem) -> Any:
+        """The model's input for the item's image (tiles, resized and normalised): run by the reader
+        thread, ahead of ``predict``."""
+        return self.predictor.processor.image_input(item.image)
+
     def predict(self, items: Sequence[EvalItem]) -> list[Prediction]:
         single = [it for it in items if not it.sample.is_multi_object]
-        results = iter(self.predictor.predict_many([it.image for it in single], [it.sample.text for it in single])
-                       if single else [])
+        images = [it.prepared if it.prepared is not None else it.image for it in single]
+        results = iter(self.predictor.predict_many(images, [it.sample.text for it in single]) if single else [])
         out: list[Prediction] = []
         for it in items:
             if it.sample.is_multi_object:
@@ -234,6 +242,7 @@ def evaluate(
     overlay_dir: str | Path | None = None,
     progress: bool = True,
     desc: str = "eval",
+    prefetch: int = 1,
 ) -> EvalResult:
     """Evaluate ``source`` on ``samples`` and return the merged :class:`EvalResult`.
 
@@ -245,7 +254,8 @@ def evaluate(
     above) into ``overlay_dir`` as ``<index>_<id>.png``. Under ``torch.distributed`` each rank
     evaluates ``rank::world_size`` and writes the mask and overlay files of its own samples (distinct
     file names, so the output folder is the same as a one-process run's); report files are the
-    caller's, on rank 0.
+    caller's, on rank 0. ``prefetch`` batches are read (images, ground truth) by a background
+    thread while the model runs on the current one (0: read in line); results are the same.
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
@@ -274,7 +284,7 @@ def evaluate(
     try:
         _run_shard(source, evaluable, range(rank, len(evaluable), world), acc, batch_size=batch_size,
                    save_dir=save_dir, draw_dir=draw_dir, overlays=overlays,
-                   progress=progress and rank == 0, desc=desc)
+                   progress=progress and rank == 0, desc=desc, prefetch=prefetch)
     except Exception as e:  # noqa: BLE001 - re-raised below, after the other ranks have been told
         if world == 1:
             raise
@@ -301,27 +311,43 @@ def _run_shard(
     overlays: int,
     progress: bool,
     desc: str,
+    prefetch: int = 1,
 ) -> None:
-    """Predict, score and (optionally) save/draw ``samples[i]`` for i in ``indices``, in batches."""
+    """Predict, score and (optionally) save/draw ``samples[i]`` for i in ``indices``, in batches;
+    the next ``prefetch`` batches are read in a background thread meanwhile."""
     bar = tqdm(total=len(indices), desc=desc, unit="sample", disable=not progress)
     load = getattr(source, "load_item", load_item)
-    for b in range(0, len(indices), batch_size):
-        items = [load(i, samples[i], source.needs_images or (draw_dir is not None and i < overlays))
-                 for i in indices[b : b + batch_size]]
-        preds = source.predict(items)
-        for it, pred in zip(items, preds):
+
+    prepare = getattr(source, "prepare", None)
+
+    def read(batch: Sequence[int]) -> list[tuple[EvalItem, np.ndarray | None, list[np.ndarray]]]:
+        """Each item (with its prepared model input) with its ignore map and its ground truth (one
+        mask, or one per object)."""
+        out = []
+        for i in batch:
+            it = load(i, samples[i], source.needs_images or (draw_dir is not None and i < overlays))
             s = it.sample
-            ignore = s.load_ignore(it.size)
+            if prepare is not None and it.image is not None and not s.is_multi_object:
+                it.prepared = prepare(it)
+            truths = ([s.load_instance(k, it.size) for k in range(len(s.phrases))] if s.is_multi_object
+                      else [s.load_mask(it.size)])
+            out.append((it, s.load_ignore(it.size), truths))
+        return out
+
+    def score(loaded: list, preds: list[Prediction]) -> None:
+        """Metrics, mask files and overlays of one predicted batch (in batch order)."""
+        for (it, ignore, truths), pred in zip(loaded, preds):
+            s = it.sample
             if s.is_multi_object:
                 if len(pred) != len(s.phrases):
                     raise RuntimeError(f"{s.where or s.id}: {len(pred)} masks for {len(s.phrases)} objects")
-                for k, mask in enumerate(pred):
-                    acc.update(mask, s.load_instance(k, it.size), ignore, s.kind)
+                for k, (mask, truth) in enumerate(zip(pred, truths)):
+                    acc.update(mask, truth, ignore, s.kind)
                     if save_dir is not None:
                         write_mask_png(mask, save_dir / mask_filename(s.id, k))
                 pred = np.logical_or.reduce(pred)  # drawn as one picture
             else:
-                acc.update(pred, s.load_mask(it.size), ignore, s.kind)
+                acc.update(pred, truths[0], ignore, s.kind)
                 if save_dir is not None:
                     write_mask_png(pred, save_dir / mask_filename(s.id))
             if draw_dir is not None and it.index < overlays:
@@ -329,9 +355,35 @@ def _run_shard(
                 gt = s.load_mask(it.size)
                 caption = f"{s.text}  (IoU {score_sample(pred, gt, ignore).iou:.2f})"
                 save_image(overlay(image, pred, caption, gt=gt), draw_dir / f"{it.index:05d}_{mask_filename(s.id)}")
-        bar.update(len(items))
+        bar.update(len(loaded))
         if acc.ciou is not None:
             bar.set_postfix(cIoU=f"{100 * acc.ciou:.2f}")
+
+    # Three stages: a reader thread (files, decoding, the model's input) runs ``prefetch`` batches
+    # ahead, the model runs here, a scorer thread (metrics, mask files) one batch behind. With
+    # prefetch=0 all three run in line.
+    batches = [indices[b : b + batch_size] for b in range(0, len(indices), batch_size)]
+    threaded = prefetch > 0
+    with (ThreadPoolExecutor(1) if threaded else contextlib.nullcontext()) as reader, \
+            (ThreadPoolExecutor(1) if threaded else contextlib.nullcontext()) as scorer:
+        pending = [reader.submit(read, b) for b in batches[:prefetch]] if threaded else []
+        scored = None
+        for n, batch in enumerate(batches):
+            if threaded:
+                if n + prefetch < len(batches):
+                    pending.append(reader.submit(read, batches[n + prefetch]))
+                loaded = pending.pop(0).result()
+            else:
+                loaded = read(batch)
+            preds = source.predict([it for it, _, _ in loaded])
+            if threaded:
+                if scored is not None:
+                    scored.result()  # the previous batch's errors surface here, in order
+                scored = scorer.submit(score, loaded, preds)
+            else:
+                score(loaded, preds)
+        if scored is not None:
+            scored.result()
     bar.close()
 
 

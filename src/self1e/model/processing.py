@@ -152,7 +152,10 @@ class Self1eProcessor:
         return (arr - self._mean) / self._std
 
     def image_input(self, image: ImageLike) -> ImageInput:
-        """One image -> its tiles at the model's size (converted to RGB here, once)."""
+        """One image -> its tiles at the model's size (converted to RGB here, once). An
+        :class:`ImageInput` (already prepared, e.g. by a reader thread) is returned as it is."""
+        if isinstance(image, ImageInput):
+            return image
         im = to_rgb(image)
         s = self.image_size
         rows, cols = tile_grid(im.width, im.height, self.max_tiles, s) if self.max_tiles > 1 else (1, 1)

@@ -1,8 +1,9 @@
 """The one model registry: ``load_model(name_or_path)`` for every model argument of the library and CLI.
 
 Names: ``"default"`` (the shipped RefShapes model), ``"tiny:NAME"`` (a randomly initialised model of
-a tiny geometry, see :mod:`self1e.model.tiny`), or a folder (a self1e checkpoint, or a plain InternVL
-``-hf`` checkpoint that gets [SEG] and fresh heads).
+a tiny geometry, see :mod:`self1e.model.tiny`), ``"random:PATH"`` (random weights at the shapes of
+a real checkpoint's ``config.json``, e.g. ``random:configs/models/internvl3-2b-hf``), or a folder
+(a self1e checkpoint, or a plain InternVL ``-hf`` checkpoint that gets [SEG] and fresh heads).
 """
 from __future__ import annotations
 
@@ -16,8 +17,15 @@ from self1e.common.quantization import GPU_MODES, parse_quantize
 from self1e.model.config import Self1eConfig
 from self1e.model.quantize import bnb_config, check_target, quantize_int8
 from self1e.model.self1e import Self1eModel, resolve_settings
-from self1e.model.tiny import TINY_SPECS, build_tiny_base
-from self1e.model.weights import TINY_PREFIX, model_names, resolve_model_path, saved_settings
+from self1e.model.tiny import TINY_SPECS, build_tiny_base, build_tokenizer
+from self1e.model.weights import (
+    RANDOM_PREFIX,
+    TINY_PREFIX,
+    load_internvl_config,
+    model_names,
+    resolve_model_path,
+    saved_settings,
+)
 
 __all__ = ["load_model", "model_names", "saved_settings_of"]
 
@@ -35,7 +43,8 @@ def _tiny_name(name_or_path: str | Path) -> str | None:
 def saved_settings_of(name_or_path: str | Path) -> Self1eConfig | None:
     """The SELF1E settings stored with a model, read without loading any weights: None for a tiny
     model, a plain InternVL folder, or a folder that does not exist (yet; loading it says so)."""
-    if _tiny_name(name_or_path) is not None or (str(name_or_path) != "default" and not Path(name_or_path).is_dir()):
+    if str(name_or_path).startswith(RANDOM_PREFIX) or _tiny_name(name_or_path) is not None or (
+            str(name_or_path) != "default" and not Path(name_or_path).is_dir()):
         return None
     return saved_settings(resolve_model_path(name_or_path))
 
@@ -57,7 +66,8 @@ def load_model(name_or_path: str | Path, config: Self1eConfig | Mapping[str, Any
     mode = parse_quantize(quantize)
     check_target(mode, device, dtype)  # before anything loads
     tiny = _tiny_name(name_or_path)
-    if tiny is None:
+    random_config = str(name_or_path)[len(RANDOM_PREFIX):] if str(name_or_path).startswith(RANDOM_PREFIX) else None
+    if tiny is None and random_config is None:
         bnb = mode in GPU_MODES
         if bnb and dtype is None:  # what stays unquantized (the mask head included) is bf16
             dtype = torch.bfloat16
@@ -69,12 +79,40 @@ def load_model(name_or_path: str | Path, config: Self1eConfig | Mapping[str, Any
     if mode in GPU_MODES:
         raise ValueError(f"quantize={mode!r} quantizes while transformers loads a checkpoint folder; {name_or_path} is "
                          "built in memory: save it with save_pretrained and load that folder")
-    base, tokenizer = build_tiny_base(tiny, seed=seed)
+    if tiny is not None:
+        base, tokenizer = build_tiny_base(tiny, seed=seed)
+    else:
+        base, tokenizer = build_random_base(random_config, seed=seed, dtype=dtype)
     base.set_attn_implementation(attn_implementation)
     model = Self1eModel.from_base(base, tokenizer, resolve_settings(None, config))
     if dtype is not None or device is not None:
         model.to(device=device, dtype=dtype)
     return _quantized(model.eval(), mode)
+
+
+def build_random_base(config_path: str, seed: int = 0, dtype: torch.dtype | None = None):
+    """A randomly initialised InternVL model at the shapes of a real checkpoint's ``config.json``
+    (a folder holding one, or the file itself) and the tiny tokenizer (without ``[SEG]``): the image
+    token id is remapped to the tokenizer's ``<IMG_CONTEXT>``, the vocabulary keeps the config's size.
+    ``dtype`` builds the weights directly in it (a 2B model in bfloat16 never exists in float32)."""
+    from transformers import InternVLForConditionalGeneration
+
+    from self1e.model.processing import IMG_CONTEXT
+
+    path = Path(config_path)
+    folder = path.parent if path.name == "config.json" else path
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"{RANDOM_PREFIX}{config_path}: no config.json there (expected an InternVL config.json or "
+                         "a folder holding one, e.g. configs/models/internvl3-2b-hf)")
+    config = load_internvl_config(folder)
+    tokenizer = build_tokenizer()
+    if config.text_config.vocab_size < len(tokenizer):
+        raise ValueError(f"{folder / 'config.json'}: text_config.vocab_size {config.text_config.vocab_size} is below "
+                         f"the tiny tokenizer's {len(tokenizer)} tokens")
+    config.image_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
+    torch.manual_seed(seed)
+    base = InternVLForConditionalGeneration._from_config(config, dtype=dtype or torch.float32)
+    return base.eval(), tokenizer
 
 
 def _quantized(model: Self1eModel, mode: str | None) -> Self1eModel:

@@ -100,3 +100,4 @@ def build_tiny_base(name: str = "tiny",
     torch.manual_seed(seed)
     model = InternVLForConditionalGeneration(config)
     return model.eval(), tokenizer
+

@@ -37,6 +37,7 @@ POSITIVE_FIELDS = {
 }
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_model"
 TINY_PREFIX = "tiny:"
+RANDOM_PREFIX = "random:"  # random:PATH, random weights at the shapes of PATH/config.json
 
 
 def model_names() -> list[str]:

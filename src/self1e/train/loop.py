@@ -205,6 +205,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     if run.val_samples is not None and evaluated_at != run.step:
         metrics.write({"step": run.step, **validate(acc, model, run.val_samples, cfg)})
     metrics.close()
+    if acc.device.type == "cuda" and acc.is_local_main_process:
+        log.info("peak GPU memory %.2f GiB (process %d)", torch.cuda.max_memory_allocated(acc.device) / 2**30,
+                 acc.process_index)
     check_finite_weights(run, "final model")
     final = export_final(acc, run.sharding, model, cfg, Path(cfg.out))
     # Release the DDP wrapper (its reducer holds the process group) while every rank is still alive:

@@ -3,6 +3,7 @@ batch stream, the optimizer and the LR schedule. Pure construction; the loop is 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,14 +27,34 @@ def build_model(cfg: TrainConfig) -> Self1eModel:
     return model
 
 
+LORA_SCOPES = {  # config key -> the module names (of InternVLForConditionalGeneration) its targets are in
+    "llm_targets": r"model\.language_model\.layers\.\d+\..*\b",
+    "vit_targets": r"model\.vision_tower\.encoder\.layer\.\d+\..*\b",
+}
+
+
 def lora_target_regex(lora: LoraSettings) -> str:
     """A full-match regex over module names of InternVLForConditionalGeneration."""
-    parts = []
-    if lora.llm_targets:
-        parts.append(r"model\.language_model\.layers\.\d+\..*\b(" + "|".join(lora.llm_targets) + ")")
-    if lora.vit_targets:
-        parts.append(r"model\.vision_tower\.encoder\.layer\.\d+\..*\b(" + "|".join(lora.vit_targets) + ")")
+    parts = [scope + "(" + "|".join(getattr(lora, key)) + ")" for key, scope in LORA_SCOPES.items()
+             if getattr(lora, key)]
     return "|".join(f"(?:{p})" for p in parts)
+
+
+def check_lora_targets(model: Self1eModel, lora: LoraSettings) -> dict[str, int]:
+    """How many modules each LoRA target adapts; ValueError names every target that matches none
+    (a typo, or a name of another architecture), which peft would skip without a word."""
+    names = [n for n, _ in model.base.named_modules()]
+    counts, missing = {}, []
+    for key, scope in LORA_SCOPES.items():
+        for target in getattr(lora, key):
+            pattern = re.compile(scope + f"({target})")
+            counts[f"{key}.{target}"] = n = sum(bool(pattern.fullmatch(name)) for name in names)
+            if not n:
+                missing.append(f"lora.{key}: {target!r}")
+    if missing:
+        raise ValueError(f"LoRA targets that match no module of this {type(model.base).__name__}: "
+                         f"{', '.join(missing)}")
+    return counts
 
 
 def configure_trainable(model: Self1eModel, lora: LoraSettings) -> list[nn.Parameter]:
@@ -44,6 +65,7 @@ def configure_trainable(model: Self1eModel, lora: LoraSettings) -> list[nn.Param
         return list(model.parameters())
     from peft import LoraConfig, inject_adapter_in_model
 
+    check_lora_targets(model, lora)
     regex = lora_target_regex(lora)
     if regex:
         config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=regex)

@@ -1,0 +1,59 @@
+"""The InternVL3-2B recipe at its real shapes, on CPU: random weights built from the config.json
+shipped in ``configs/models/internvl3-2b-hf``, the recipe's LoRA (every target checked to exist),
+gradient checkpointing and two training steps in bfloat16. Prints trainable and total parameters
+and the peak memory of the process. Not part of ``make test`` (bfloat16 matrix products on a CPU
+without native bf16 take many minutes at these shapes): ``make test-realsize`` runs it and prints them."""
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from self1e.model import load_model
+from self1e.train.config import load_config
+from self1e.train.setup import build_batches, check_lora_targets, configure_trainable
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+@pytest.mark.realsize
+def test_internvl3_2b_recipe_two_lora_steps_in_bf16_on_cpu():
+    cfg = load_config(ROOT / "configs" / "internvl3_2b.yaml",
+                      [f"model=random:{ROOT / 'configs' / 'models' / 'internvl3-2b-hf'}", "data=[refshapes:train:8:0]",
+                       "batch_size=1", "expressions_per_image=1", "num_workers=0", "val=null"])
+    start = time.time()
+    model = load_model(cfg.model, config=cfg.self1e, dtype=torch.bfloat16)
+    vit, llm = model.base.config.vision_config, model.base.config.text_config
+    assert (vit.hidden_size, vit.num_hidden_layers, llm.hidden_size, llm.num_hidden_layers, llm.vocab_size) == (
+        1024, 24, 1536, 28, 151674)  # the real shapes, not a tiny model
+    assert model.processor.image_size == 448
+    counts = check_lora_targets(model, cfg.lora)
+    assert counts == {**{f"llm_targets.{t}": 28 for t in cfg.lora.llm_targets},
+                      **{f"vit_targets.{t}": 24 for t in cfg.lora.vit_targets}}  # each target in every layer
+    model.base.activation_checkpointing_enable({"use_reentrant": False})  # as the loop does
+    trainable = configure_trainable(model, cfg.lora)
+    model.train()
+    batches = iter(build_batches(cfg, model, 0, 1))
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=cfg.betas)
+    before = [p.detach().clone() for p in trainable[:4]]
+    losses = []
+    for _ in range(2):
+        out = model(next(batches))
+        assert out.mask_loss is not None and out.lm_loss is not None
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(out.loss.detach()))
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert any(not torch.equal(b, p.detach()) for b, p in zip(before, trainable[:4]))  # the step moved weights
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    n_train, n_all = sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters())
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"\nInternVL3-2B geometry, LoRA r{cfg.lora.r}: {n_train / 1e6:.1f} M trainable of {n_all / 1e6:.1f} M "
+          f"parameters; losses {losses[0]:.3f}, {losses[1]:.3f}; peak memory {peak_gib:.1f} GiB; "
+          f"{time.time() - start:.0f} s")
+    assert 2.0e9 < n_all < 2.6e9 and 0 < n_train < n_all / 2  # LoRA + projector, embeddings, lm_head, head
