@@ -100,4 +100,3 @@ def build_tiny_base(name: str = "tiny",
     torch.manual_seed(seed)
     model = InternVLForConditionalGeneration(config)
     return model.eval(), tokenizer
-
