@@ -75,6 +75,19 @@ def check_finite_logits(logits: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+def resize_each(logits: Sequence[torch.Tensor], sizes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+    """Each (h, w) mask logit map resized to its (H, W) size, in float32; maps of the same shape
+    going to the same size are resized together in one call."""
+    groups: dict[tuple, list[int]] = {}
+    for k, (lg, size) in enumerate(zip(logits, sizes)):
+        groups.setdefault((tuple(lg.shape), tuple(size)), []).append(k)
+    out: list[torch.Tensor | None] = [None] * len(logits)
+    for (_, size), ks in groups.items():
+        for k, full in zip(ks, resize_logits(torch.stack([logits[k] for k in ks]).float(), size)):
+            out[k] = full
+    return out
+
+
 def to_result(text: str, logits: torch.Tensor) -> SegmentationResult:
     """Full-size logits (H, W) -> a result, threshold 0; non-finite logits raise ValueError
     (:func:`check_finite_logits`)."""
@@ -246,9 +259,9 @@ class Self1ePredictor:
         index = [i for i, group in enumerate(texts) for _ in group]
         batch = self.processor.segmentation_batch(inputs, flat, index).to(self.device, self.model.dtype)
         out: list[list[SegmentationResult]] = [[] for _ in images]
-        for t, lg, i in zip(flat, self.model(batch).mask_logits, index):
-            w, h = inputs[i].size
-            out[i].append(to_result(t, resize_logits(lg[None].float(), (h, w))[0]))
+        sizes = [(inputs[i].size[1], inputs[i].size[0]) for i in index]
+        for t, full, i in zip(flat, resize_each(self.model(batch).mask_logits, sizes), index):
+            out[i].append(to_result(t, full))
         return out
 
     @torch.inference_mode()

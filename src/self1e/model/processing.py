@@ -119,6 +119,9 @@ class Batch:
                      self.grids, self.image_index.to(device), targets)
 
 
+TOKEN_CACHE_SIZE = 4096  # memoised encodings per processor (cleared when full)
+
+
 class Self1eProcessor:
     """Turns images and texts into :class:`Batch` objects for one model geometry and tokenizer."""
 
@@ -126,6 +129,8 @@ class Self1eProcessor:
                  use_thumbnail: bool = True, seg_token: str = "[SEG]", loss_short_side: int = 128,
                  prompt_format: PromptFormat | None = None) -> None:
         self.tokenizer = tokenizer
+        self._token_cache: dict[tuple[bool, int, str], list[int]] = {}
+        self._layout_cache: dict[tuple[str, ...], list[str] | None] = {}
         self.format = prompt_format or PromptFormat()
         self.template_chars = template_chars(self.format)
         self.image_size = image_size
@@ -206,14 +211,27 @@ class Self1eProcessor:
         answers = self.format.answers
         return answers[rng.randrange(len(answers))] if rng else self.format.inference_answer
 
+    def _tokenize(self, text: str, plain: bool) -> list[int]:
+        """Token ids of ``text`` (``plain``: special tokens in it stay text), memoised: the template
+        pieces and the answer are the same in every row of a batch. The key holds the vocabulary size,
+        so adding a token (``[SEG]``) never serves a stale encoding."""
+        key = (plain, len(self.tokenizer), text)
+        ids = self._token_cache.get(key)
+        if ids is None:
+            ids = self.tokenizer(text, add_special_tokens=False, split_special_tokens=plain)["input_ids"]
+            if len(self._token_cache) >= TOKEN_CACHE_SIZE:
+                self._token_cache.clear()
+            self._token_cache[key] = ids
+        return list(ids)
+
     def _encode(self, text: str) -> list[int]:
         """Our own template text: special tokens in it are special tokens."""
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self._tokenize(text, plain=False)
 
     def encode_text(self, text: str) -> list[int]:
         """Text from a user or a dataset: a special token written in it ("[SEG]", "<|im_end|>",
         "<IMG_CONTEXT>", ...) stays plain text and never becomes that token."""
-        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        return self._tokenize(text, plain=True)
 
     def encode_answer(self, text: str | Sequence[str]) -> list[int]:
         """An assistant answer with ``[SEG]`` as the segmentation token (our templates and the model's
@@ -279,20 +297,11 @@ class Self1eProcessor:
     def _template_layout(self, messages: Sequence[Mapping[str, str]], first_user: int) -> list[tuple[str, str]] | None:
         """:meth:`layout` through the tokenizer's chat template; None (with a warning) when the template
         fails or does not reproduce every message once, in order."""
-        mark = "\ue000{}\ue001"  # private-use characters: no tokenizer's template or text holds them
-        image = mark.format("image")
-        placeholders = [{"role": m["role"], "content": (image + "\n" if k == first_user else "") + mark.format(k)}
-                        for k, m in enumerate(messages)]
-        try:
-            rendered = self.tokenizer.apply_chat_template(placeholders, tokenize=False, add_generation_prompt=True)
-        except Exception as e:  # a template that needs other content types: use InternVL's layout
-            _warn_template(f"cannot render plain-text messages ({type(e).__name__}: {e})")
-            return None
-        order = ["image" if k == first_user and j == 0 else str(k)
-                 for k in range(len(messages)) for j in range(1 + (k == first_user))]
-        parts = re.split("\ue000(\\w+)\ue001", rendered)
-        if parts[1::2] != order:
-            _warn_template("does not place every message exactly once, in order")
+        key = tuple(m["role"] for m in messages) + (str(first_user),)
+        if key not in self._layout_cache:  # the rendering depends only on the roles: render once per shape
+            self._layout_cache[key] = self._render_placeholders([m["role"] for m in messages], first_user)
+        parts = self._layout_cache[key]
+        if parts is None:
             return None
         pieces: list[tuple[str, str]] = []
         for k, text in enumerate(parts):
@@ -305,6 +314,26 @@ class Self1eProcessor:
                 m = messages[int(text)]
                 pieces.append((m["role"], m["content"]))
         return pieces
+
+    def _render_placeholders(self, roles: Sequence[str], first_user: int) -> list[str] | None:
+        """The chat template rendered around placeholder messages, split at the placeholders (odd
+        items name them: "image" or a message's index); None (with a warning) when it fails."""
+        mark = "\ue000{}\ue001"  # private-use characters: no tokenizer's template or text holds them
+        image = mark.format("image")
+        placeholders = [{"role": role, "content": (image + "\n" if k == first_user else "") + mark.format(k)}
+                        for k, role in enumerate(roles)]
+        try:
+            rendered = self.tokenizer.apply_chat_template(placeholders, tokenize=False, add_generation_prompt=True)
+        except Exception as e:  # a template that needs other content types: use InternVL's layout
+            _warn_template(f"cannot render plain-text messages ({type(e).__name__}: {e})")
+            return None
+        order = ["image" if k == first_user and j == 0 else str(k)
+                 for k in range(len(roles)) for j in range(1 + (k == first_user))]
+        parts = re.split("\ue000(\\w+)\ue001", rendered)
+        if parts[1::2] != order:
+            _warn_template("does not place every message exactly once, in order")
+            return None
+        return parts
 
     def conversation(self, question: str, answer: str | Sequence[str] | None, n_tiles: int, close: bool = True,
                      answer_is_text: bool = False) -> tuple[list[int], list[int]]:
