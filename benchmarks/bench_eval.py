@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +25,10 @@ from self1e.data.datasets import load_dataset
 from self1e.data.refshapes import generate
 from self1e.eval.evaluate import PredictorSource, evaluate
 from self1e.inference import Self1ePredictor
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # bench_model, also when loaded from a test
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_model import write_report  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "bench_eval.json"
 
@@ -83,10 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"wall without / with prefetch: {ratio:.2f}")
     report = {"args": {k: str(v) for k, v in vars(args).items()}, "threads": torch.get_num_threads(),
               "summary": summary, "no_prefetch_over_prefetch_wall": ratio, "runs": runs}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    return report
+    return write_report(report, args.out)
 
 
 if __name__ == "__main__":

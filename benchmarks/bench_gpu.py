@@ -33,6 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # bench_model, also when loaded from a test
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_model import write_report  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = f"random:{ROOT / 'configs' / 'models' / 'internvl3-2b-hf'}"
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "bench_gpu.json"
@@ -189,10 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                            args.timeout)
             print(name, json.dumps(results["accelerate"][name]), flush=True)
     report = {"machine": info, "args": {k: str(v) for k, v in vars(args).items()}, "results": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    return report
+    return write_report(report, args.out)
 
 
 if __name__ == "__main__":

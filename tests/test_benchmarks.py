@@ -197,3 +197,14 @@ def test_bench_gpu_smoke_run_on_cpu(tmp_path):
         assert zero2 == {"status": "not run", "reason": "the deepspeed package is not installed"}
     else:
         assert zero2["status"] != "not run"
+
+
+def test_bench_eval_splits_wall_time_and_prefetch_keeps_the_result(tmp_path):
+    module = load_script("bench_eval")
+    report = module.main(["--model", "tiny:tiny", "--samples", "24", "--batch-size", "8", "--repeats", "1",
+                          "--out", str(tmp_path / "eval.json")])
+    summary = json.loads((tmp_path / "eval.json").read_text())["summary"]
+    assert summary == json.loads(json.dumps(report["summary"]))
+    for run in summary.values():
+        assert 0 < run["model_s"] < run["wall_s"] and 0 < run["outside_share"] < 1
+    assert summary["prefetch"]["cIoU"] == summary["no_prefetch"]["cIoU"]
