@@ -81,9 +81,11 @@ class PredictorSource:
         self.emission = {"requests": 0, "objects": 0, "seg_emitted": 0, "right_count": 0}
 
     def prepare(self, item: EvalItem) -> Any:
-        """The model's input for the item's image (tiles, resized and normalised): run by the reader
-        thread, ahead of ``predict``."""
-        return self.predictor.processor.image_input(item.image)
+        """The model's input for the item's image (tiles, resized and normalised), for a predictor
+        with a ``processor`` (None otherwise: ``predict`` passes the image): run by the reader thread,
+        ahead of ``predict``."""
+        image_input = getattr(getattr(self.predictor, "processor", None), "image_input", None)
+        return image_input(item.image) if image_input is not None else None
 
     def predict(self, items: Sequence[EvalItem]) -> list[Prediction]:
         single = [it for it in items if not it.sample.is_multi_object]
