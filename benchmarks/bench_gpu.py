@@ -12,7 +12,7 @@ weights, so nothing is downloaded), in bfloat16:
    per step, peak memory, or the error (DeepSpeed needs the ``deepspeed`` package; without it that
    config is reported as not run, with the reason).
 
-    python benchmarks/bench_gpu.py                       # all three parts, ~5 minutes on one H100-class GPU
+    python benchmarks/bench_gpu.py                       # all three parts (sized for a few minutes; not yet run)
     python benchmarks/bench_gpu.py --parts predict,step  # a subset
     python benchmarks/bench_gpu.py --model tiny:tiny --device cpu --steps 2   # a smoke run (what the tests do)
 

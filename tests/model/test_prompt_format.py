@@ -119,3 +119,21 @@ def test_inference_answer_of_the_format_is_teacher_forced():
     text = p.tokenizer.decode(batch.input_ids[0][batch.attention_mask[0].bool()], skip_special_tokens=False)
     assert text.endswith("<|im_start|>assistant\nSure, [SEG].")
     assert torch.equal(batch.labels, torch.full_like(batch.labels, -100))
+
+
+def test_memoised_encodings_follow_a_token_added_later():
+    """Template encodings are cached; adding a token afterwards (as loading adds [SEG]) must not
+    serve the encoding from before it existed."""
+    from self1e.model.tiny import build_tokenizer
+
+    tok = build_tokenizer()
+    p = Self1eProcessor(tok, 56, 7)
+    before = p._encode("sure [SEG] .")
+    assert before == p._encode("sure [SEG] .")  # served from the cache
+    tok.add_tokens(["[SEG]"], special_tokens=True)
+    seg = tok.convert_tokens_to_ids("[SEG]")
+    after = p._encode("sure [SEG] .")
+    assert seg not in before and after.count(seg) == 1
+    assert seg not in p.encode_text("sure [SEG] .")  # user text keeps it plain, cached or not
+    after.append(-1)
+    assert -1 not in p._encode("sure [SEG] .")  # callers get a copy, never the cached list

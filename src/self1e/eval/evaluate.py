@@ -256,8 +256,9 @@ def evaluate(
     above) into ``overlay_dir`` as ``<index>_<id>.png``. Under ``torch.distributed`` each rank
     evaluates ``rank::world_size`` and writes the mask and overlay files of its own samples (distinct
     file names, so the output folder is the same as a one-process run's); report files are the
-    caller's, on rank 0. ``prefetch`` batches are read (images, ground truth) by a background
-    thread while the model runs on the current one (0: read in line); results are the same.
+    caller's, on rank 0. ``prefetch`` batches are read (images, ground truth, the model's input) by
+    a reader thread while the model runs on the current one, and each batch is scored and written
+    by a scorer thread while the model runs on the next (0: everything in line); results are the same.
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
@@ -315,8 +316,8 @@ def _run_shard(
     desc: str,
     prefetch: int = 1,
 ) -> None:
-    """Predict, score and (optionally) save/draw ``samples[i]`` for i in ``indices``, in batches;
-    the next ``prefetch`` batches are read in a background thread meanwhile."""
+    """Predict, score and (optionally) save/draw ``samples[i]`` for i in ``indices``, in batches,
+    reading ``prefetch`` batches ahead and scoring one behind in threads (see :func:`evaluate`)."""
     bar = tqdm(total=len(indices), desc=desc, unit="sample", disable=not progress)
     load = getattr(source, "load_item", load_item)
 

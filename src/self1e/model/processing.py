@@ -297,10 +297,10 @@ class Self1eProcessor:
     def _template_layout(self, messages: Sequence[Mapping[str, str]], first_user: int) -> list[tuple[str, str]] | None:
         """:meth:`layout` through the tokenizer's chat template; None (with a warning) when the template
         fails or does not reproduce every message once, in order."""
-        key = tuple(m["role"] for m in messages) + (str(first_user),)
-        if key not in self._layout_cache:  # the rendering depends only on the roles: render once per shape
-            self._layout_cache[key] = self._render_placeholders([m["role"] for m in messages], first_user)
-        parts = self._layout_cache[key]
+        roles = tuple(m["role"] for m in messages)  # (they also fix first_user)
+        if roles not in self._layout_cache:  # the rendering depends only on the roles: render once per shape
+            self._layout_cache[roles] = self._render_placeholders(roles, first_user)
+        parts = self._layout_cache[roles]
         if parts is None:
             return None
         pieces: list[tuple[str, str]] = []
