@@ -57,9 +57,12 @@ class PredictionSource(Protocol):
     item's original size, or for a multi-object request one mask per phrase; ``needs_images`` says
     whether items must carry their decoded image. A source may also define
     ``load_item(index, sample, want_image) -> EvalItem`` to build the items itself (one whose images
-    were decoded elsewhere, e.g. by Ray Data workers); it raises what :func:`load_item` would."""
+    were decoded elsewhere, e.g. by Ray Data workers); it raises what :func:`load_item` would.
+    ``read_ahead`` (default true) lets the evaluation load the next batches' items in a thread while
+    ``predict`` runs; a source whose items must be loaded in step with its predictions sets it false."""
 
     needs_images: bool
+    read_ahead: bool
 
     def predict(self, items: Sequence[EvalItem]) -> list[Prediction]: ...
 
@@ -366,7 +369,7 @@ def _run_shard(
     # ahead, the model runs here, a scorer thread (metrics, mask files) one batch behind. With
     # prefetch=0 all three run in line.
     batches = [indices[b : b + batch_size] for b in range(0, len(indices), batch_size)]
-    threaded = prefetch > 0
+    threaded = prefetch > 0 and getattr(source, "read_ahead", True)
     with (ThreadPoolExecutor(1) if threaded else contextlib.nullcontext()) as reader, \
             (ThreadPoolExecutor(1) if threaded else contextlib.nullcontext()) as scorer:
         pending = [reader.submit(read, b) for b in batches[:prefetch]] if threaded else []

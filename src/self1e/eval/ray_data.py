@@ -189,9 +189,12 @@ class RayDataSource:
     (``batch_size`` and ``limit`` must be the ones given to it), and read as a stream in that order (a
     batch's result is dropped once the evaluation has moved past it, so memory does not grow with the
     dataset). ``emission`` grows as the evaluation takes the predictions, as a :class:`PredictorSource`'s
-    does; ``info`` is what the actors loaded (device and SELF1E settings), once the first result came."""
+    does; ``info`` is what the actors loaded (device and SELF1E settings), once the first result came.
+    Items are loaded in step with the predictions (``read_ahead = False``): the stream is read in order,
+    and the pipeline already runs ahead of the evaluation."""
 
     needs_images = False
+    read_ahead = False
 
     def __init__(self, samples: Sequence[Sample], options: PoolOptions, *, batch_size: int = 8,
                  limit: int | None = None, actor_cls: type = PredictorActor) -> None:
