@@ -99,9 +99,10 @@ def test_a_bad_sample_is_reported_as_plain_eval_reports_it_and_ray_goes_on(ray_l
     with pytest.raises(Exception) as plain:
         evaluate(PredictorSource(Self1ePredictor.from_pretrained(tiny_model_dir, device="cpu")), samples,
                  progress=False)
+    source = RayDataSource(samples, PoolOptions(str(tiny_model_dir), "cpu", actors=2, cpus_per_actor=0.75))
     with pytest.raises(Exception) as on_ray:
-        evaluate(RayDataSource(samples, PoolOptions(str(tiny_model_dir), "cpu", actors=2, cpus_per_actor=0.75)),
-                 samples, progress=False)
+        evaluate(source, samples, progress=False)
+    source.close()
     assert type(on_ray.value) is type(plain.value) and str(on_ray.value) == str(plain.value)
     assert missing.name in str(plain.value)
 
@@ -144,6 +145,7 @@ def test_an_actor_that_dies_is_replaced_and_its_batch_retried(ray_local, tiny_mo
     want = evaluate(PredictorSource(Self1ePredictor.from_pretrained(tiny_model_dir, device="cpu")), samples,
                     progress=False, save_masks=tmp_path / "plain")
     assert marker.exists() and len(starts.read_text().split()) >= 3  # an actor died and a new one started
+    assert source._stream is None  # the stream was closed at the last batch, not left to the garbage collector
     assert got.accumulator.counts() == want.accumulator.counts() and got.metrics == want.metrics
     assert got.emission == want.emission
     for p in (tmp_path / "plain").iterdir():

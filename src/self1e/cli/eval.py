@@ -176,10 +176,14 @@ def run_on_ray(args: argparse.Namespace, settings: dict) -> int:
             return lambda: next((s.info[key] for s in sources.values() if s.info), None)
 
         overlay_dir = args.out.parent / f"{args.out.stem}_overlays" if args.num_overlays else None
-        report = evaluate_to_report(source_for, datasets, args.out, batch_size=args.batch_size, limit=args.limit,
-                                    save_masks=args.save_masks, overlays=args.num_overlays, overlay_dir=overlay_dir,
-                                    progress=not args.no_progress, model=args.model, predictions=None,
-                                    device=info("device"), self1e=info("self1e"))
+        try:
+            report = evaluate_to_report(source_for, datasets, args.out, batch_size=args.batch_size,
+                                        limit=args.limit, save_masks=args.save_masks, overlays=args.num_overlays,
+                                        overlay_dir=overlay_dir, progress=not args.no_progress, model=args.model,
+                                        predictions=None, device=info("device"), self1e=info("self1e"))
+        finally:
+            for source in sources.values():
+                source.close()
     print(markdown_table(report), end="")
     logger.info("wrote %s and its .md", args.out)
     return 0

@@ -203,6 +203,7 @@ class RayDataSource:
         self.emission = dict.fromkeys(EMISSION_KEYS, 0)
         self.info: dict[str, Any] | None = None
         self._stream: Iterator[tuple[int, dict[str, Any]]] | None = None
+        self._ended = False
         self._batches: dict[int, dict[str, Any]] = {}
 
     def _rows(self) -> list[dict[str, Any]]:
@@ -214,18 +215,32 @@ class RayDataSource:
     def _result(self, index: int) -> dict[str, Any]:
         """The result of the batch holding sample ``index``, read from the pipeline's stream."""
         k = index // self.batch_size
-        if self._stream is None:
-            self._stream = run_pipeline(self._rows(), self.options, self.actor_cls)
         while k not in self._batches:
+            if self._stream is None:
+                if self._ended:
+                    raise RuntimeError(f"batch {k} was asked for after the Ray Data pipeline's stream was closed")
+                self._stream = run_pipeline(self._rows(), self.options, self.actor_cls)
             try:
                 n, result = next(self._stream)
             except StopIteration:
                 raise RuntimeError(f"the Ray Data pipeline ended without batch {k}") from None
             self.info = self.info or result["info"]
             self._batches[n] = result
+        if k == (len(self.samples) - 1) // self.batch_size:
+            self.close(keep=k)  # the last batch: end the stream while Ray is surely up
         for done in [b for b in self._batches if b < k]:
             del self._batches[done]
         return self._batches[k]
+
+    def close(self, keep: int | None = None) -> None:
+        """Stop the pipeline's stream now, while Ray is up (a stream left to the garbage collector is
+        closed later, perhaps after Ray has shut down, and Ray then logs a traceback from wherever the
+        collector ran), and drop the results read, except batch ``keep``'s."""
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+        self._ended = True
+        self._batches = {k: v for k, v in self._batches.items() if k == keep}
 
     def load_item(self, index: int, sample: Sample, want_image: bool) -> EvalItem:
         result = self._result(index)
