@@ -27,9 +27,9 @@ def picture(seed=0):
     return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (56, 56, 3), dtype=np.uint8))
 
 
-def masks_of(model, rows, image):
+def masks_of(model, rows, image, start=-1):
     p = model.processor
-    batch = p.collate(rows, [image], [0] * len(rows))
+    batch = p.collate(rows, [image], [0] * len(rows), answer_starts=[start] * len(rows))
     with torch.no_grad():
         return model(batch).mask_logits
 
@@ -83,13 +83,76 @@ def test_a_later_object_does_not_change_an_earlier_objects_mask(model):
     question = p.seg_question("the red circle and the blue star")
     one, _ = p.conversation(question, "the red circle is [SEG]", 1, close=False)
     two, lab = p.conversation(question, multi_answer(["the red circle", "the blue star"]), 1)
-    rows = p.rows_per_seg(two, lab, len(one) - 6)
-    logits = masks_of(model, [(one, [IGNORE_INDEX] * len(one))] + rows, image)
+    start = len(p.prompt(question, 1))
+    rows = p.rows_per_seg(two, lab, start)
+    logits = masks_of(model, [(one, [IGNORE_INDEX] * len(one))] + rows, image, start)
     assert len(logits) == 3
     assert torch.allclose(logits[0], logits[1], atol=1e-5)  # first object: the same with or without the second
     assert (logits[1] - logits[2]).abs().max() > 1e-5  # the second object has its own mask
     # one row holding both [SEG]s answers its last one, not its first
-    assert torch.allclose(masks_of(model, [(two, lab)], image)[0], logits[2], atol=1e-5)
+    assert torch.allclose(masks_of(model, [(two, lab)], image, start)[0], logits[2], atol=1e-5)
+    with pytest.raises(ValueError, match="answer start"):  # a row with two [SEG] and no answer start
+        p.collate([(two, lab)], [image], [0])
+
+
+@pytest.mark.parametrize("seg_attention", ["bidirectional", "causal"])
+def test_an_objects_mask_does_not_depend_on_how_the_others_were_named(seg_attention):
+    """The isolation rule (``isolate_objects``): the second object's mask depends on the prompt and
+    its own part of the answer only. Breakage: the earlier object's phrase visible to the second's
+    [SEG] (``isolate_objects=False`` is exactly that, and fails the first assertion)."""
+    p = None
+    got = {}
+    for isolate in (True, False):
+        model = make(seg_attention=seg_attention, isolate_objects=isolate)
+        p = model.processor
+        image = p.image_input(picture(4))
+        question = p.seg_question("two shapes")
+        start = len(p.prompt(question, 1))
+        for first in ("the red circle", "the green square"):  # as many tokens: the same padding
+            ids, lab = p.conversation(question, multi_answer([first, "the blue star"]), 1)
+            got[isolate, first] = masks_of(model, p.rows_per_seg(ids, lab, start), image, start)
+    a, b = got[True, "the red circle"], got[True, "the green square"]
+    c, d = got[False, "the red circle"], got[False, "the green square"]
+    same = float((a[1] - b[1]).abs().max())  # the second object, whatever the first is called
+    assert same < 1e-6, same
+    # without the rule the first phrase reaches the second mask (a random model's masks move little)
+    assert float((c[1] - d[1]).abs().max()) > max(20 * same, 1e-5)
+    assert (a[0] - b[0]).abs().max() > 1e-5  # (the first object does follow its own phrase)
+    assert torch.allclose(a[0], c[0], atol=1e-6)  # the first object is the same under both rules
+
+
+def test_isolation_blocks_only_the_earlier_objects_part_of_the_answer():
+    # 0: text, 1: image, 7: [SEG]; the answer starts at 4: "8 7 9 9 7 4" = obj1 [SEG] and obj2 [SEG] .
+    ids = torch.tensor([[5, 1, 1, 3, 8, 7, 9, 9, 7, 4]])
+    ones = torch.ones_like(ids)
+    free = seg_attention_mask(ids, ones, 1, 7, torch.float32)[0, 0] == 0
+    iso = seg_attention_mask(ids, ones, 1, 7, torch.float32, answer_start=torch.tensor([4]))[0, 0] == 0
+    blocked = free & ~iso
+    assert blocked.any() and not (iso & ~free).any()  # it only takes away
+    assert {(int(q), int(k)) for q, k in blocked.nonzero()} == {(q, k) for q in range(6, 10) for k in (4, 5)}
+    assert iso[1, 8] and iso[6, 3] and iso[8, 0]  # image -> its [SEG]; the own object -> the prompt
+    none = seg_attention_mask(ids, ones, 1, 7, torch.float32, answer_start=torch.tensor([-1]))
+    assert torch.equal(none, seg_attention_mask(ids, ones, 1, 7, torch.float32))
+    # an earlier [SEG] before the answer (in a past turn) isolates nothing
+    late = seg_attention_mask(ids, ones, 1, 7, torch.float32, answer_start=torch.tensor([6]))
+    assert torch.equal(late, seg_attention_mask(ids, ones, 1, 7, torch.float32))
+
+
+def test_isolation_leaves_the_lm_logits_alone():
+    """The language model's pass reads the whole answer: the LM logits and loss of a multi-object
+    answer are the same with and without ``isolate_objects`` (with ``causal_lm_loss`` and without)."""
+    for causal_lm in (True, False):
+        iso, free = (make(isolate_objects=v, causal_lm_loss=causal_lm) for v in (True, False))
+        p = iso.processor
+        image = p.image_input(picture(5))
+        question = p.seg_question("two shapes")
+        start = len(p.prompt(question, 1))
+        ids, lab = p.conversation(question, multi_answer(["the red circle", "the blue star"]), 1)
+        batch = p.collate([(ids, lab)], [image], [0], answer_starts=[start])
+        with torch.no_grad():
+            a, b = iso(batch, return_lm_logits=True), free(batch, return_lm_logits=True)
+        assert torch.allclose(a.lm_logits, b.lm_logits, atol=1e-6) and torch.allclose(a.lm_loss, b.lm_loss)
+        assert (a.mask_logits[0] - b.mask_logits[0]).abs().max() > 1e-4  # while the masks differ
 
 
 def test_the_seg_state_is_read_before_the_seg_token():

@@ -272,14 +272,18 @@ class Self1ePredictor:
         check_texts([request, *phrases])
         p = self.processor
         question, n_tiles = p.seg_question(request), p.n_tiles(image.grid)
-        ids, labels = p.conversation(question, multi_answer(phrases), n_tiles, close=False)
-        rows = p.rows_per_seg(ids, labels, start=len(p.prompt(question, n_tiles)))
-        return self._masks_for_rows(rows, list(phrases))
+        ids, _ = p.conversation(question, multi_answer(phrases), n_tiles, close=False)
+        start = len(p.prompt(question, n_tiles))
+        rows = p.rows_per_seg(ids, [IGNORE_INDEX] * len(ids), start=start)  # no labels: no LM pass
+        return self._masks_for_rows(rows, list(phrases), start)
 
-    def _masks_for_rows(self, rows: list[tuple[list[int], list[int]]], texts: list[str]) -> list[SegmentationResult]:
-        """One result per row (each ends its answer at a [SEG]), from one pass on the cached image."""
+    def _masks_for_rows(self, rows: list[tuple[list[int], list[int]]], texts: list[str],
+                        answer_start: int) -> list[SegmentationResult]:
+        """One result per row (each ends its answer, which begins at ``answer_start``, at a [SEG]), from
+        one pass on the cached image."""
         image, feats = self._current()
-        batch = self.processor.collate(rows, [image], [0] * len(rows)).to(self.device, self.model.dtype)
+        batch = self.processor.collate(rows, [image], [0] * len(rows), answer_starts=[answer_start] * len(rows))
+        batch = batch.to(self.device, self.model.dtype)
         out = self.model(batch, image_features=feats, prefix=self._prefix_for(batch))
         logits = torch.stack(out.mask_logits).float()
         full = resize_logits(logits, (image.size[1], image.size[0]))
@@ -322,7 +326,7 @@ class Self1ePredictor:
             ids = prompt + new
             rows = p.rows_per_seg(ids, [IGNORE_INDEX] * len(ids), start=len(prompt))
             phrases = seg_phrases(text, p.seg_token)
-            segments = self._masks_for_rows(rows, [ph or message for ph in phrases])
+            segments = self._masks_for_rows(rows, [ph or message for ph in phrases], len(prompt))
         turn = [{"role": "user", "content": message}, {"role": "assistant", "content": text}]
         return ChatResponse(text, segments, history + turn, new, len(prompt))
 

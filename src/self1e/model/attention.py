@@ -11,6 +11,7 @@ def seg_attention_mask(
     seg_token_id: int,
     dtype: torch.dtype,
     bidirectional: bool = True,
+    answer_start: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Additive float mask for the LLM, 0 = attend, dtype's minimum = blocked.
 
@@ -21,6 +22,14 @@ def seg_attention_mask(
     (see ``Self1eProcessor.rows_per_seg``), so no object's mask depends on another object's
     ``[SEG]`` or on anything said after it. Every query also attends to itself, so no row is fully
     blocked (padding rows would otherwise give NaN).
+
+    ``answer_start`` (B,), the position where each row's answer begins (-1: none given) isolates the
+    objects of one answer: in a row whose last ``[SEG]`` follows another ``[SEG]`` of the same answer,
+    the tokens after that earlier ``[SEG]`` (the row's own "the blue star is [SEG]") do not attend to
+    the answer before it ("the red circle is [SEG] and"). So the k-th object's mask depends on the
+    prompt and its own part of the answer only, never on how the other objects were named, and the
+    k-th ``[SEG]`` cannot read an earlier object's phrase. (A mask pass only: the language model's
+    own pass keeps the whole answer, as generation does.)
 
     input_ids, attention_mask: (B, L) -> (B, 1, L, L).
     A float mask (not bool) because eager attention adds it to the scores.
@@ -38,8 +47,23 @@ def seg_attention_mask(
         is_last_seg = is_seg & (torch.arange(length, device=device) == last_index(is_seg)[:, None])
         relax = is_img[:, :, None] & (is_img[:, None, :] | is_last_seg[:, None, :])
         allowed |= relax & has_seg
+    if answer_start is not None:
+        allowed &= ~_object_isolation(input_ids, attention_mask, seg_token_id, answer_start)
     mask = torch.zeros(b, 1, length, length, dtype=dtype, device=device)
     return mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+
+
+def _object_isolation(input_ids: torch.Tensor, attention_mask: torch.Tensor, seg_token_id: int,
+                      answer_start: torch.Tensor) -> torch.Tensor:
+    """(B, L, L) the (query, key) pairs blocked by ``answer_start`` (see :func:`seg_attention_mask`)."""
+    pos = torch.arange(input_ids.shape[-1], device=input_ids.device)
+    start = answer_start.to(pos.device)[:, None]
+    is_seg = (input_ids == seg_token_id) & attention_mask.bool()
+    earlier = is_seg & (pos < last_index(is_seg)[:, None]) & (pos >= start) & (start >= 0)
+    prev = last_index(earlier)[:, None]
+    own = earlier.any(-1, keepdim=True) & (pos > prev)  # queries: the row's own object
+    before = (pos >= start) & (pos <= prev)  # keys: the answer up to the previous [SEG]
+    return own[:, :, None] & before[:, None, :]
 
 
 def last_index(flags: torch.Tensor) -> torch.Tensor:

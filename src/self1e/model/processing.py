@@ -101,7 +101,9 @@ class Batch:
     """Model inputs. B rows (conversations), I images, T tiles in all.
 
     input_ids, attention_mask, labels: (B, L); pixel_values: (T, 3, S, S); grids: I x (rows, cols);
-    image_index: (B,) image of each row; mask_targets: B entries, (H, W) float or None.
+    image_index: (B,) image of each row; mask_targets: B entries, (H, W) float or None;
+    answer_start: (B,) where each row's answer begins, -1 where no row needs it (see
+    :func:`~self1e.model.attention.seg_attention_mask`), or None when no row holds two ``[SEG]``.
     """
 
     input_ids: torch.Tensor
@@ -111,12 +113,14 @@ class Batch:
     grids: list[tuple[int, int]]
     image_index: torch.Tensor
     mask_targets: list[torch.Tensor | None] | None = None
+    answer_start: torch.Tensor | None = None
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Batch:
         pv = self.pixel_values.to(device, dtype) if dtype else self.pixel_values.to(device)
         targets = None if self.mask_targets is None else [t if t is None else t.to(device) for t in self.mask_targets]
+        start = None if self.answer_start is None else self.answer_start.to(device)
         return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device), pv,
-                     self.grids, self.image_index.to(device), targets)
+                     self.grids, self.image_index.to(device), targets, start)
 
 
 TOKEN_CACHE_SIZE = 4096  # memoised encodings per processor (cleared when full)
@@ -352,7 +356,9 @@ class Self1eProcessor:
         (the last row keeps the whole sequence) and labels only the tokens since the previous
         ``[SEG]``, so the rows together label every answer token once. Under the segmentation
         attention rule (image tokens see the row's *last* ``[SEG]``) mask k then depends only on the
-        tokens up to the k-th ``[SEG]``. Without a ``[SEG]``: the row as it is."""
+        tokens up to the k-th ``[SEG]``; with ``start`` given to :meth:`collate` as the rows' answer start,
+        only on the prompt and the k-th object's own part of the answer. Without a ``[SEG]``: the row
+        as it is."""
         seg = self.seg_token_id
         cuts = [i for i in range(start, len(ids)) if ids[i] == seg]
         if not cuts:
@@ -366,8 +372,19 @@ class Self1eProcessor:
         return rows
 
     def collate(self, rows: Sequence[tuple[list[int], list[int]]], images: Sequence[ImageInput],
-                image_index: Sequence[int], mask_targets: Sequence[torch.Tensor | None] | None = None) -> Batch:
-        """Right-pad rows into a batch. Padding is marked by the attention mask only (labels -100)."""
+                image_index: Sequence[int], mask_targets: Sequence[torch.Tensor | None] | None = None,
+                answer_starts: Sequence[int] | None = None) -> Batch:
+        """Right-pad rows into a batch. Padding is marked by the attention mask only (labels -100).
+        ``answer_starts``: where each row's answer begins (-1: not given), required for a row holding
+        more than one ``[SEG]`` (ValueError), so that its objects are isolated from each other."""
+        seg = self.seg_token_id
+        starts = list(answer_starts) if answer_starts is not None else [-1] * len(rows)
+        if len(starts) != len(rows):
+            raise ValueError(f"{len(starts)} answer starts for {len(rows)} rows")
+        multi = [i for i, (ids, _) in enumerate(rows) if ids.count(seg) > 1]
+        if any(starts[i] < 0 for i in multi):
+            raise ValueError("a row with several [SEG] needs its answer start (collate(answer_starts=...), the "
+                             "start given to rows_per_seg)")
         length = max(len(ids) for ids, _ in rows)
         input_ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
         labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
@@ -378,7 +395,8 @@ class Self1eProcessor:
             attention[i, : len(ids)] = 1
         return Batch(input_ids, attention, labels, torch.cat([im.pixel_values for im in images]),
                      [im.grid for im in images], torch.tensor(list(image_index), dtype=torch.long),
-                     None if mask_targets is None else list(mask_targets))
+                     None if mask_targets is None else list(mask_targets),
+                     torch.tensor(starts, dtype=torch.long) if multi else None)
 
     def segmentation_batch(self, images: Sequence[ImageInput], texts: Sequence[str],
                            image_index: Sequence[int] | None = None) -> Batch:

@@ -285,11 +285,13 @@ class Self1eModel(nn.Module):
         return embeds.masked_scatter(image_pos[..., None], torch.cat(rows).to(embeds.dtype))
 
     def _llm(self, embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-             bidirectional: bool, prefix: PrefixCache | None = None) -> torch.Tensor:
+             bidirectional: bool, prefix: PrefixCache | None = None,
+             answer_start: torch.Tensor | None = None) -> torch.Tensor:
         """The LLM's final-norm outputs (B, L, C). With ``prefix`` only the tokens after it run, on
-        its cached keys and values; the mask and positions are the uncached pass's rows for them."""
+        its cached keys and values; the mask and positions are the uncached pass's rows for them.
+        ``answer_start``: isolate the objects of each answer (see :func:`seg_attention_mask`)."""
         mask = seg_attention_mask(input_ids, attention_mask, self.image_token_id, self.seg_token_id, embeds.dtype,
-                                  bidirectional)
+                                  bidirectional, answer_start)
         positions = position_ids_from_mask(attention_mask)
         lm = self.base.model.language_model
         if prefix is None:
@@ -340,8 +342,9 @@ class Self1eModel(nn.Module):
         LM logits (``return_lm_logits``) and the LM loss come from the same pass, with or without
         labels: under the bidirectional mask with ``causal_lm_loss`` (the default) a second, plain
         causal pass, so they never see an answer token through the image tokens (and match what
-        generation sees); otherwise the segmentation pass. Each row containing ``[SEG]`` gives one
-        mask, for its last ``[SEG]``, read from the state before it.
+        generation sees); otherwise the segmentation pass, except that it never isolates the objects
+        of an answer (``isolate_objects``: a second pass then, without it). Each row containing
+        ``[SEG]`` gives one mask, for its last ``[SEG]``, read from the state before it.
 
         ``prefix`` (from :meth:`encode_prefix` on the same ``image_features``; causal models only):
         every row starts with it, and the LLM runs only on what follows, on its cached keys and values.
@@ -353,14 +356,18 @@ class Self1eModel(nn.Module):
         feats = image_features if image_features is not None else self.encode_images(batch.pixel_values, batch.grids)
         embeds = self.embed(batch.input_ids, feats, batch.image_index)
         bidirectional = self.config.seg_attention == "bidirectional"
-        hidden = self._llm(embeds, batch.input_ids, batch.attention_mask, bidirectional, prefix)
+        isolate = batch.answer_start if self.config.isolate_objects else None
+        hidden = self._llm(embeds, batch.input_ids, batch.attention_mask, bidirectional, prefix, isolate)
 
         has_labels = bool((batch.labels != IGNORE_INDEX).any())
         lm_logits = lm_loss = None
         if return_lm_logits or has_labels:
-            # A causal pass for the LM loss, so predicting [SEG] cannot peek at [SEG] through the image.
-            causal_needed = bidirectional and self.config.causal_lm_loss
-            lm_hidden = self._llm(embeds, batch.input_ids, batch.attention_mask, False) if causal_needed else hidden
+            # A causal pass for the LM loss, so predicting [SEG] cannot peek at [SEG] through the image;
+            # and never isolated objects, so an answer's words are predicted from the whole answer.
+            lm_bidirectional = bidirectional and not self.config.causal_lm_loss
+            own_pass = lm_bidirectional != bidirectional or isolate is not None
+            lm_hidden = self._llm(embeds, batch.input_ids, batch.attention_mask, lm_bidirectional, prefix) \
+                if own_pass else hidden
             if return_lm_logits:
                 lm_logits = self.base.lm_head(lm_hidden)
             if has_labels:  # the LM head only where a label is (exact; avoids B x L x V logits)
