@@ -1,21 +1,23 @@
-"""float32 against int8 (CPU dynamic quantization, ``quantize="int8"``) inference, in one run.
+"""float32 against int8 (CPU dynamic quantization, ``quantize="int8"`` and ``"int8-vit"``) inference,
+in one run.
 
-Two models, each loaded once in float32 and once with its ViT and LLM Linear layers in int8 (the mask
-head, projector, LM head and embeddings stay float32; see ``self1e.model.quantize``):
+Two models, each loaded in float32 and with Linear layers in int8 (``int8``: the ViT's and the LLM's;
+``int8-vit``: the ViT's only; the mask head, projector, LM head and embeddings stay float32; see
+``self1e.model.quantize``):
 
-- ``default``, the shipped RefShapes model: cIoU, gIoU, N-acc and T-acc of both on fresh RefShapes test
-  samples (target: int8 within 1 cIoU point of float32), and how far their masks agree (IoU between
-  the float32 and the int8 mask of each sample).
+- ``default``, the shipped RefShapes model, in float32, ``int8`` and ``int8-vit``: cIoU, gIoU, N-acc and
+  T-acc of each on fresh RefShapes test samples (target: within 1 cIoU point of float32), and how far
+  their masks agree with float32's (IoU between the float32 and the int8 mask of each sample).
 - a geometry of random weights (``--geometry internvl3-1b``: InternVL3-1B's real shapes, built by
   ``bench_model.py``; ``tiny`` for a smoke run) on RefShapes images and expressions: random weights
   have no accuracy, so the agreement of masks (IoU, the same emptiness) and of logits (correlation,
-  relative error).
+  relative error); float32 and ``int8``.
 
 For both: the weights' bytes in memory, the peak of resident memory above the loaded models during
 one forward (Linux; ``/proc/self/clear_refs`` resets the peak), for the shipped model also the peak
-of a fresh process that loads it and segments once, and latency: float32 and int8 interleaved
-(order rotating each round, after a warm-up), each ratio the median over rounds of int8 / float32
-within a round.
+of a fresh process that loads it and segments once, and latency: the variants interleaved (order
+rotating each round, after a warm-up), each ratio the median over rounds of int8 / float32 within a
+round. Ratios and differences are keyed by the quantized variant (``over_float32: {"int8": ...}``).
 
     python benchmarks/bench_quantize.py --samples 500 --geometry internvl3-1b --repeats 5 --threads 1
     python benchmarks/bench_quantize.py --samples 8 --geometry tiny --repeats 1     # smoke run
@@ -46,7 +48,8 @@ from self1e.model.quantize import quantize_int8, quantized_modules, weight_bytes
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "bench_quantize.json"
-VARIANTS = ("float32", "int8")
+SHIPPED_VARIANTS = ("float32", "int8", "int8-vit")  # float32 first: the reference
+GEOMETRY_VARIANTS = ("float32", "int8")
 TEST_SEED = 8128  # RefShapes test scenes no training run or earlier measurement used
 CIOU_TARGET_POINTS = 1.0
 
@@ -111,17 +114,18 @@ def fresh_process_memory(model: str, quantize: str, spec: str, batch: int) -> di
 
 # ---- timing -----------------------------------------------------------------------------------------
 def latency(fns: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict:
-    """Interleaved wall and CPU milliseconds (bench_model's timer) and the int8 / float32 ratios, each
-    the median over rounds of the ratio within one round."""
+    """Interleaved wall and CPU milliseconds (bench_model's timer) and each quantized variant's ratio to
+    float32, the median over rounds of the ratio within one round."""
     wall, cpu = bench_model_module().timed(fns, repeats, warmup)
 
-    def ratio(runs: dict[str, list[float]]) -> float:
-        return round(statistics.median(i / f for f, i in zip(runs["float32"], runs["int8"])), 4)
+    def ratios(runs: dict[str, list[float]]) -> dict[str, float]:
+        return {k: round(statistics.median(q / f for f, q in zip(runs["float32"], v)), 4)
+                for k, v in runs.items() if k != "float32"}
 
     return {"ms": {k: round(statistics.median(v), 3) for k, v in wall.items()},
             "cpu_ms": {k: round(statistics.median(v), 3) for k, v in cpu.items()},
             "runs_ms": {k: [round(x, 3) for x in v] for k, v in wall.items()},
-            "int8_over_float32": ratio(wall), "int8_over_float32_cpu": ratio(cpu)}
+            "over_float32": ratios(wall), "over_float32_cpu": ratios(cpu)}
 
 
 # ---- agreement --------------------------------------------------------------------------------------
@@ -165,7 +169,8 @@ def _pct(metrics: dict, key: str) -> float | None:
 
 def sizes(models: dict[str, torch.nn.Module]) -> dict:
     out = {k: weight_bytes(m) for k, m in models.items()}
-    return {"weight_bytes": out, "int8_over_float32": round(out["int8"] / out["float32"], 4)}
+    return {"weight_bytes": out, "over_float32": {k: round(v / out["float32"], 4) for k, v in out.items()
+                                                  if k != "float32"}}
 
 
 # ---- the two benchmarks -----------------------------------------------------------------------------
@@ -173,19 +178,23 @@ def sizes(models: dict[str, torch.nn.Module]) -> dict:
 def bench_shipped(n: int, batch: int, repeats: int, warmup: int, threads: int) -> dict:
     spec = f"refshapes:test:{n}:{TEST_SEED}"
     samples = load_dataset(spec)
-    predictors = {"float32": Self1ePredictor.from_pretrained("default", device="cpu", threads=threads),
-                  "int8": Self1ePredictor.from_pretrained("default", quantize="int8", threads=threads)}
-    print(f"[default] evaluating float32 and int8 on {len(samples)} samples of {spec}", flush=True)
+    predictors = {k: Self1ePredictor.from_pretrained("default", device="cpu", threads=threads,
+                                                     quantize=k.replace("float32", "none"))
+                  for k in SHIPPED_VARIANTS}
+    print(f"[default] evaluating {', '.join(predictors)} on {len(samples)} samples of {spec}", flush=True)
     metrics, masks = {}, {}
     for name, predictor in predictors.items():
         source = RecordingSource(predictor)
         metrics[name] = evaluate(source, samples, batch_size=8, progress=False).metrics
         masks[name] = source.masks
-    pairs = []
-    for index, fm in masks["float32"].items():
-        qm = masks["int8"][index]
-        for a, b in zip(fm if isinstance(fm, list) else [fm], qm if isinstance(qm, list) else [qm]):
-            pairs.append((a, b))
+
+    def pairs(variant: str) -> list[tuple[np.ndarray, np.ndarray]]:
+        out = []
+        for index, fm in masks["float32"].items():
+            qm = masks[variant][index]
+            out += zip(fm if isinstance(fm, list) else [fm], qm if isinstance(qm, list) else [qm])
+        return out
+
     single = [s for s in samples if not s.is_multi_object][:batch]
     images, texts = [s.load_image() for s in single], [s.text for s in single]
     first = single[0]
@@ -197,19 +206,20 @@ def bench_shipped(n: int, batch: int, repeats: int, warmup: int, threads: int) -
 
     fns = {k: (lambda p=p: p.predict_many(images, texts)) for k, p in predictors.items()}
     cached = {k: one(p) for k, p in predictors.items()}
-    delta = (metrics["int8"]["cIoU"] - metrics["float32"]["cIoU"]) * 100
+    quantized = [k for k in predictors if k != "float32"]
+    delta = {k: round((metrics[k]["cIoU"] - metrics["float32"]["cIoU"]) * 100, 2) for k in quantized}
     return {
         "data": spec, "batch": len(single),
         "accuracy": {k: {m: _pct(v, m) for m in ("cIoU", "gIoU", "P@0.5", "N_acc", "T_acc")} | {"n": v["n"]}
                      for k, v in metrics.items()},
-        "ciou_int8_minus_float32_points": round(delta, 2),
-        "within_target": abs(delta) <= CIOU_TARGET_POINTS,
-        "agreement": agreement(pairs),
-        "quantized_linears": len(quantized_modules(predictors["int8"].model)),
+        "ciou_minus_float32_points": delta,
+        "within_target": {k: abs(v) <= CIOU_TARGET_POINTS for k, v in delta.items()},
+        "agreement": {k: agreement(pairs(k)) for k in quantized},
+        "quantized_linears": {k: len(quantized_modules(predictors[k].model)) for k in quantized},
         "memory": sizes({k: p.model for k, p in predictors.items()})
         | {"forward_peak_extra_bytes": {k: forward_peak_bytes(f) for k, f in fns.items()},
            "fresh_process": {k: fresh_process_memory("default", k.replace("float32", "none"), spec, batch)
-                             for k in VARIANTS}},
+                             for k in SHIPPED_VARIANTS}},
         "latency_predict_many": latency(fns, repeats, warmup),
         "latency_predict_cached_image": latency(cached, repeats, warmup),
     }
@@ -224,7 +234,7 @@ def bench_geometry(geometry: str, n: int, repeats: int, warmup: int) -> dict:
     int8_model = copy.deepcopy(float_model)
     quantize_int8(int8_model)
     build_s = time.perf_counter() - start
-    models = {"float32": float_model, "int8": int8_model}
+    models = dict(zip(GEOMETRY_VARIANTS, (float_model, int8_model)))
     predictors = {k: Self1ePredictor(m) for k, m in models.items()}
     size = max(64, float_model.processor.image_size)
     spec = f"refshapes:test:{n}:{TEST_SEED}:{size}"
@@ -254,11 +264,12 @@ def print_summary(report: dict) -> None:
     if d:
         acc = d["accuracy"]
         print(f"\n== default (shipped model), {d['data']}")
-        print(f"  cIoU float32 {acc['float32']['cIoU']}, int8 {acc['int8']['cIoU']} "
-              f"(int8 - float32: {d['ciou_int8_minus_float32_points']:+.2f} points; within "
-              f"{CIOU_TARGET_POINTS} point: {d['within_target']})")
-        print(f"  N-acc float32 {acc['float32']['N_acc']}, int8 {acc['int8']['N_acc']}; mask IoU int8/float32 "
-              f"mean {d['agreement']['mask_iou_mean']}, same emptiness {d['agreement']['same_emptiness']}")
+        for k, delta in d["ciou_minus_float32_points"].items():
+            a = d["agreement"][k]
+            print(f"  {k}: cIoU {acc[k]['cIoU']} against float32 {acc['float32']['cIoU']} ({delta:+.2f} points; "
+                  f"within {CIOU_TARGET_POINTS} point: {d['within_target'][k]}); N-acc {acc[k]['N_acc']} against "
+                  f"{acc['float32']['N_acc']}; mask IoU with float32 mean {a['mask_iou_mean']}, same emptiness "
+                  f"{a['same_emptiness']}")
         _print_common(d, ("latency_predict_many", "latency_predict_cached_image"))
         fresh = d["memory"]["fresh_process"]
         if fresh["float32"]:
@@ -275,15 +286,15 @@ def print_summary(report: dict) -> None:
 
 def _print_common(res: dict, timings: tuple[str, ...]) -> None:
     mem = res["memory"]
-    w = mem["weight_bytes"]
-    print(f"  weights: float32 {w['float32']:,} B, int8 {w['int8']:,} B (ratio {mem['int8_over_float32']})")
+    print("  weights: " + ", ".join(f"{k} {v:,} B" for k, v in mem["weight_bytes"].items())
+          + f" (over float32: {mem['over_float32']})")
     peak = mem["forward_peak_extra_bytes"]
     if peak["float32"] is not None:
-        print(f"  forward peak above the loaded model: float32 {peak['float32']:,} B, int8 {peak['int8']:,} B")
+        print("  forward peak above the loaded model: " + ", ".join(f"{k} {v:,} B" for k, v in peak.items()))
     for name in timings:
         t = res[name]
-        print(f"  {name}: float32 {t['ms']['float32']:.2f} ms, int8 {t['ms']['int8']:.2f} ms; int8 / float32 "
-              f"{t['int8_over_float32']} wall, {t['int8_over_float32_cpu']} CPU")
+        print(f"  {name}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in t["ms"].items())
+              + f"; over float32 {t['over_float32']} wall, {t['over_float32_cpu']} CPU")
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -162,19 +162,27 @@ def test_bench_quantize_smoke_run_compares_float32_and_int8(tmp_path):
     assert report == json.loads(json.dumps(returned))
     shipped, tiny = report["default"], report["geometry"]["tiny"]
     acc = shipped["accuracy"]
-    assert acc["float32"]["n"] == acc["int8"]["n"] == 8 and 0 <= acc["int8"]["cIoU"] <= 100
-    assert shipped["ciou_int8_minus_float32_points"] == pytest.approx(acc["int8"]["cIoU"] - acc["float32"]["cIoU"],
-                                                                       abs=0.02)
-    assert shipped["quantized_linears"] > 0 and tiny["config"]["quantized_linears"] > 0
-    for res in (shipped, tiny):
-        weights = res["memory"]["weight_bytes"]
-        assert 0 < weights["int8"] < weights["float32"]
-        assert 0 <= res["agreement"]["mask_iou_min"] <= res["agreement"]["mask_iou_mean"] <= 1
+    assert set(acc) == {"float32", "int8", "int8-vit"} and all(v["n"] == 8 for v in acc.values())
+    for k in ("int8", "int8-vit"):
+        assert 0 <= acc[k]["cIoU"] <= 100
+        assert shipped["ciou_minus_float32_points"][k] == pytest.approx(acc[k]["cIoU"] - acc["float32"]["cIoU"],
+                                                                        abs=0.02)
+        assert shipped["within_target"][k] == (abs(shipped["ciou_minus_float32_points"][k]) <= 1.0)
+        assert 0 <= shipped["agreement"][k]["mask_iou_min"] <= shipped["agreement"][k]["mask_iou_mean"] <= 1
+    linears = shipped["quantized_linears"]
+    assert 0 < linears["int8-vit"] < linears["int8"] and tiny["config"]["quantized_linears"] > 0
+    weights = shipped["memory"]["weight_bytes"]
+    assert 0 < weights["int8"] < weights["int8-vit"] < weights["float32"]
+    assert 0 < tiny["memory"]["weight_bytes"]["int8"] < tiny["memory"]["weight_bytes"]["float32"]
+    assert 0 <= tiny["agreement"]["mask_iou_min"] <= tiny["agreement"]["mask_iou_mean"] <= 1
     assert tiny["agreement"]["n"] == 8 and -1 <= tiny["agreement"]["logits_correlation_mean"] <= 1
     for name in ("latency_predict_many", "latency_predict_cached_image"):
-        assert shipped[name]["int8_over_float32"] > 0 and set(shipped[name]["ms"]) == {"float32", "int8"}
-    assert tiny["latency_segmentation_forward"]["int8_over_float32"] > 0
+        assert set(shipped[name]["ms"]) == {"float32", "int8", "int8-vit"}
+        assert set(shipped[name]["over_float32"]) == {"int8", "int8-vit"}
+        assert all(v > 0 for v in shipped[name]["over_float32"].values())
+    assert tiny["latency_segmentation_forward"]["over_float32"]["int8"] > 0
     fresh = shipped["memory"]["fresh_process"]
+    assert set(fresh) == {"float32", "int8", "int8-vit"}
     assert all(v is None or v["peak_rss_bytes"] >= v["rss_bytes"] > 0 for v in fresh.values())
 
 

@@ -15,6 +15,8 @@ the bitsandbytes modes):
   (not Linear layers), as transformers' bitsandbytes loading does by default;
 - the ViT's patch embedding (a convolution) and every norm.
 
+``int8-vit`` quantizes the vision tower's Linear layers only (the language model stays float32).
+
 ``int8`` keeps the weights of each Linear as int8 per output channel; activations are quantized per
 call (dynamic quantization, torch's fbgemm / oneDNN kernels). A quantized model is for inference:
 ``model.train()`` raises.
@@ -29,12 +31,13 @@ from torch import nn
 
 from self1e.common.quantization import CPU_MODES, GPU_MODES, QUANTIZE_MODES, parse_quantize
 
-__all__ = ["BNB_SKIP_MODULES", "FLOAT_PARTS", "QUANTIZED_PARTS", "QUANTIZE_MODES", "bnb_config",
+__all__ = ["BNB_SKIP_MODULES", "FLOAT_PARTS", "INT8_PARTS", "QUANTIZED_PARTS", "QUANTIZE_MODES", "bnb_config",
            "check_bnb_environment", "check_target", "count_parameters", "parse_quantize", "quantize_int8",
            "quantized_modules", "weight_bytes"]
 
 # Submodules (of Self1eModel) whose nn.Linear layers are quantized, and those kept in float.
 QUANTIZED_PARTS = ("base.model.vision_tower", "base.model.language_model")
+INT8_PARTS = {"int8": QUANTIZED_PARTS, "int8-vit": ("base.model.vision_tower",)}  # per CPU mode
 FLOAT_PARTS = ("head", "base.model.multi_modal_projector", "base.lm_head")
 # The same float parts as transformers' skip patterns, relative to InternVLForConditionalGeneration
 # (a pattern matches a module name from its start up to a dot). The head is not part of the base.
@@ -83,10 +86,10 @@ def check_target(mode: str | None, device: torch.device | str | None, dtype: tor
     dev = torch.device(device if device is not None else "cuda" if mode in GPU_MODES else "cpu")
     if mode in CPU_MODES:
         if dev.type != "cpu":
-            raise ValueError(f"quantize='int8' is CPU dynamic quantization (torch's int8 kernels) and does not run on "
-                             f"{dev}: on CUDA use quantize='bnb8' or 'nf4' (bitsandbytes), or no quantization")
+            raise ValueError(f"quantize={mode!r} is CPU dynamic quantization (torch's int8 kernels) and does not run "
+                             f"on {dev}: on CUDA use quantize='bnb8' or 'nf4' (bitsandbytes), or no quantization")
         if dtype is not None and dtype != torch.float32:
-            raise ValueError(f"quantize='int8' computes in float32 around its int8 weights; got dtype "
+            raise ValueError(f"quantize={mode!r} computes in float32 around its int8 weights; got dtype "
                              f"{str(dtype).removeprefix('torch.')} (leave the dtype unset)")
         return
     if mode not in GPU_MODES:
@@ -128,10 +131,13 @@ def _dynamic_quantization():
     return quantization
 
 
-def quantize_int8(model: nn.Module) -> dict[str, str]:
-    """Quantize, in place, the ``nn.Linear`` layers under :data:`QUANTIZED_PARTS` of a float32 CPU
+def quantize_int8(model: nn.Module, mode: str = "int8") -> dict[str, str]:
+    """Quantize, in place, the ``nn.Linear`` layers under ``INT8_PARTS[mode]`` (``int8``: the ViT and the
+    language model, :data:`QUANTIZED_PARTS`; ``int8-vit``: the ViT) of a float32 CPU
     :class:`~self1e.model.Self1eModel` to int8 weights (per output channel where the engine allows,
     activations quantized per call). Returns :func:`quantized_modules`. Everything else is untouched."""
+    if mode not in INT8_PARTS:
+        raise ValueError(f"quantize_int8: mode must be one of {', '.join(INT8_PARTS)}, got {mode!r}")
     if getattr(model, "quantization", None) is not None:
         raise ValueError(f"the model is already quantized ({model.quantization})")
     weight = model.head.g.net[0].weight
@@ -147,9 +153,9 @@ def quantize_int8(model: nn.Module) -> dict[str, str]:
         warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization is deprecated",
                                 category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=r".*quantize_per_(tensor|channel)", category=UserWarning)
-        for part in QUANTIZED_PARTS:
+        for part in INT8_PARTS[mode]:
             ao.quantize_dynamic(model.get_submodule(part), {nn.Linear: qconfig}, dtype=torch.qint8, inplace=True)
-    model.quantization = "int8"
+    model.quantization = mode
     return quantized_modules(model)
 
 

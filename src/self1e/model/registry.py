@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from self1e.common.quantization import GPU_MODES, parse_quantize
+from self1e.common.quantization import CPU_MODES, GPU_MODES, parse_quantize
 from self1e.model.config import Self1eConfig
 from self1e.model.quantize import bnb_config, check_target, quantize_int8
 from self1e.model.self1e import Self1eModel, resolve_settings
@@ -60,7 +60,7 @@ def load_model(name_or_path: str | Path, config: Self1eConfig | Mapping[str, Any
     ``new_head``: keep a checkpoint's backbone and LLM but attach a fresh mask head (of the rung
     ``config`` asks for) instead of its saved one. ``quantize`` (for inference; see
     :mod:`self1e.model.quantize`): ``"int8"`` converts the Linear layers of the ViT and the LLM of a
-    float32 CPU model to int8; ``"bnb8"`` / ``"nf4"`` load a folder's ones through bitsandbytes onto a
+    float32 CPU model to int8 (``"int8-vit"``: the ViT's only); ``"bnb8"`` / ``"nf4"`` load a folder's ones through bitsandbytes onto a
     CUDA ``device`` (default ``cuda``); ``None`` / ``"none"``: as stored.
     """
     mode = parse_quantize(quantize)
@@ -116,9 +116,9 @@ def build_random_base(config_path: str, seed: int = 0, dtype: torch.dtype | None
 
 
 def _quantized(model: Self1eModel, mode: str | None) -> Self1eModel:
-    """``model`` converted to int8 (``mode == "int8"``) or marked as loaded by bitsandbytes."""
-    if mode == "int8":
-        quantize_int8(model)
+    """``model`` converted to int8 (``int8``, ``int8-vit``) or marked as loaded by bitsandbytes."""
+    if mode in CPU_MODES:
+        quantize_int8(model, mode)
     elif mode is not None:
         model.quantization = mode
     return model
