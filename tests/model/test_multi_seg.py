@@ -216,3 +216,29 @@ def test_a_phrase_that_spells_seg_adds_no_seg(model):
     assert ids.count(p.seg_token_id) == 2 and len(p.rows_per_seg(ids, labels, start)) == 2
     text = p.tokenizer.decode(ids[start:])
     assert text.count("[SEG]") >= 2  # the two real ones (the phrase's own letters decode as text or <unk>)
+
+
+def test_added_llm_layers_start_as_the_identity(tmp_path):
+    """``add_llm_layers``: masks and LM logits unchanged, the new layers saved and loaded back."""
+    from self1e.model import load_model
+
+    model = make()
+    p = model.processor
+    batch = p.segmentation_batch([p.image_input(picture(6))], ["the red circle", "the blue star"], [0, 0])
+    with torch.no_grad():
+        before = model(batch, return_lm_logits=True)
+        n = len(model.base.model.language_model.layers)
+        model.add_llm_layers(2, seed=1)
+        after = model(batch, return_lm_logits=True)
+    assert len(model.base.model.language_model.layers) == n + 2 == model.base.config.text_config.num_hidden_layers
+    assert torch.equal(before.lm_logits, after.lm_logits)
+    assert all(torch.equal(a, b) for a, b in zip(before.mask_logits, after.mask_logits))
+    new = model.base.model.language_model.layers[-1]
+    assert float(new.self_attn.q_proj.weight.std()) > 0 and float(new.mlp.down_proj.weight.abs().max()) == 0
+    model.save_pretrained(tmp_path / "grown")
+    loaded = load_model(tmp_path / "grown")
+    assert len(loaded.base.model.language_model.layers) == n + 2
+    with torch.no_grad():
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(after.mask_logits, loaded(batch).mask_logits))
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        model.add_llm_layers(0)

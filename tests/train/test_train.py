@@ -99,15 +99,17 @@ def test_overfits_a_handful_of_samples(boxes, tmp_path):
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["max_steps"] == 300
 
 
-def test_resume_continues_exactly(boxes, tmp_path):
+@pytest.mark.parametrize("grow", [0, 1])
+def test_resume_continues_exactly(boxes, tmp_path, grow):
+    """Also with ``add_llm_layers`` (the grown layers are rebuilt, then restored from the checkpoint)."""
     from self1e.cli import main
 
     straight, split = tmp_path / "straight", tmp_path / "split"
-    train(tiny_cfg(boxes, straight, "max_steps=6", "save_every=2"))
+    train(tiny_cfg(boxes, straight, "max_steps=6", "save_every=2", f"add_llm_layers={grow}"))
     # first half through the CLI (stop_at keeps the 6-step schedule), second half resumed
     common = ["--set", "model=tiny:tiny", "--set", f"data=[{boxes}]", "--set", "lora.enabled=false",
               "--set", "lr=3e-3", "--set", "warmup_steps=2", "--set", "log_every=1", "--set", "batch_size=1",
-              "--set", "max_steps=6", "--set", "save_every=2"]
+              "--set", "max_steps=6", "--set", "save_every=2", "--set", f"add_llm_layers={grow}"]
     assert main(["train", "--out", str(split), *common, "--set", "stop_at=3"]) == 0
     assert ckpt.latest_checkpoint(split).name == "step_000003"
     assert main(["train", "--out", str(split), *common, "--resume"]) == 0
@@ -119,6 +121,14 @@ def test_resume_continues_exactly(boxes, tmp_path):
 
     wa, wb = load_file(straight / "final" / "model.safetensors"), load_file(split / "final" / "model.safetensors")
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) <= 1e-6
+    if grow:  # the exported model has the extra layer, and training moved its zero projections
+        from self1e.model import load_model
+
+        layers = json.loads((split / "final" / "config.json").read_text())["text_config"]["num_hidden_layers"]
+        key = "language_model.model.layers."  # (the checkpoint's own key layout)
+        last = max(int(k.split(key)[1].split(".")[0]) for k in wb if key in k)
+        assert layers == last + 1 == load_model("tiny:tiny").base.config.text_config.num_hidden_layers + 1
+        assert float(wb[f"{key}{last}.self_attn.o_proj.weight"].abs().max()) > 0
 
 
 def test_crash_mid_save_keeps_previous_checkpoint(boxes, tmp_path, monkeypatch):

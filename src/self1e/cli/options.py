@@ -31,8 +31,9 @@ def add_quantize(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--quantize", default="none", choices=QUANTIZE_MODES,
                    help="quantized inference: int8 = int8 Linear layers of the ViT and the LLM on the CPU (the "
-                        "default device then is cpu); int8-vit = the ViT's only (for small LLMs); bnb8 / nf4 = bitsandbytes 8-bit / 4-bit NF4 on CUDA (pip "
-                        "install 'self1e[gpu-quant]'); the mask head stays in float (default: %(default)s)")
+                        "default device then is cpu); int8-vit = the ViT's only (for small LLMs); bnb8 / nf4 = "
+                        "bitsandbytes 8-bit / 4-bit NF4 on CUDA (pip install 'self1e[gpu-quant]'); the mask head "
+                        "stays in float (default: %(default)s)")
 
 
 def quantize_from(args: argparse.Namespace) -> str | None:

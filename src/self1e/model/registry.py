@@ -60,8 +60,8 @@ def load_model(name_or_path: str | Path, config: Self1eConfig | Mapping[str, Any
     ``new_head``: keep a checkpoint's backbone and LLM but attach a fresh mask head (of the rung
     ``config`` asks for) instead of its saved one. ``quantize`` (for inference; see
     :mod:`self1e.model.quantize`): ``"int8"`` converts the Linear layers of the ViT and the LLM of a
-    float32 CPU model to int8 (``"int8-vit"``: the ViT's only); ``"bnb8"`` / ``"nf4"`` load a folder's ones through bitsandbytes onto a
-    CUDA ``device`` (default ``cuda``); ``None`` / ``"none"``: as stored.
+    float32 CPU model to int8 (``"int8-vit"``: the ViT's only); ``"bnb8"`` / ``"nf4"`` load a folder's
+    ones through bitsandbytes onto a CUDA ``device`` (default ``cuda``); ``None`` / ``"none"``: as stored.
     """
     mode = parse_quantize(quantize)
     check_target(mode, device, dtype)  # before anything loads

@@ -195,6 +195,32 @@ class Self1eModel(nn.Module):
         self.base.config.image_seq_length = (g1 // 2) ** 2
         self._make_processor()
 
+    def add_llm_layers(self, n: int, seed: int = 0) -> None:
+        """Append ``n`` decoder layers to the language model, each starting as the identity: its
+        attention output and MLP down projections are zero, so every output of the model is unchanged
+        until training moves them (the rest initialised as the model's own init does, from ``seed``).
+        A trained small model then continues with more depth; the configs follow (saved with it)."""
+        if n < 1:
+            raise ValueError(f"add_llm_layers: n must be >= 1, got {n}")
+        lm = self.base.model.language_model
+        text = self.base.config.text_config
+        types = list(getattr(text, "layer_types", None) or [])
+        if types and any(t != "full_attention" for t in types):
+            raise ValueError(f"add_llm_layers: only language models with full attention in every layer, got {types}")
+        ref = lm.layers[-1]
+        text.num_hidden_layers = len(lm.layers) + n
+        if types:
+            text.layer_types = types + ["full_attention"] * n
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            for _ in range(n):
+                layer = type(ref)(text, layer_idx=len(lm.layers))
+                for module in layer.modules():
+                    self.base._init_weights(module)
+                nn.init.zeros_(layer.self_attn.o_proj.weight)
+                nn.init.zeros_(layer.mlp.down_proj.weight)
+                lm.layers.append(layer.to(ref.input_layernorm.weight.device, ref.input_layernorm.weight.dtype))
+
     # ---- construction ---------------------------------------------------------------------------
     @classmethod
     def from_base(cls, base, tokenizer, config: Self1eConfig | None = None) -> Self1eModel:
