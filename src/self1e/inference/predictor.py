@@ -75,26 +75,37 @@ def check_finite_logits(logits: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def resize_each(logits: Sequence[torch.Tensor], sizes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
-    """Each (h, w) mask logit map resized to its (H, W) size, in float32; maps of the same shape
-    going to the same size are resized together in one call."""
+def to_results(texts: Sequence[str], logits: torch.Tensor) -> list[SegmentationResult]:
+    """Full-size logits (N, H, W) of N texts -> N results, threshold 0, each with its mean foreground
+    probability as score, all in a few batched operations; non-finite logits raise ValueError
+    (:func:`check_finite_logits`)."""
+    full = logits.float().cpu()
+    flat = full.reshape(len(full), -1)
+    if not bool(torch.isfinite(flat.sum())):  # NaN / inf anywhere make the sum so (and so may huge values)
+        check_finite_logits(full)
+    masks = full > 0
+    area = masks.reshape(len(full), -1).sum(1)
+    # the foreground's probabilities summed: sigmoid - 1/2 is > 0 exactly where the logit is
+    foreground = torch.sigmoid(flat).sub_(0.5).relu_().sum(1) + 0.5 * area
+    scores = foreground / area.clamp(min=1)
+    full_np, masks_np = full.numpy(), masks.numpy()
+    return [SegmentationResult(t, masks_np[k], full_np[k], float(scores[k]) if area[k] else 0.0)
+            for k, t in enumerate(texts)]
+
+
+def results_at_sizes(texts: Sequence[str], logits: Sequence[torch.Tensor],
+                     sizes: Sequence[tuple[int, int]]) -> list[SegmentationResult]:
+    """Each text's (h, w) mask logits resized to its (H, W) size and made a result; maps of the same
+    shape going to the same size are resized and thresholded together."""
     groups: dict[tuple, list[int]] = {}
     for k, (lg, size) in enumerate(zip(logits, sizes)):
         groups.setdefault((tuple(lg.shape), tuple(size)), []).append(k)
-    out: list[torch.Tensor | None] = [None] * len(logits)
+    out: list[SegmentationResult | None] = [None] * len(logits)
     for (_, size), ks in groups.items():
-        for k, full in zip(ks, resize_logits(torch.stack([logits[k] for k in ks]).float(), size)):
-            out[k] = full
+        full = resize_logits(torch.stack([logits[k] for k in ks]).float(), size)
+        for k, r in zip(ks, to_results([texts[k] for k in ks], full)):
+            out[k] = r
     return out
-
-
-def to_result(text: str, logits: torch.Tensor) -> SegmentationResult:
-    """Full-size logits (H, W) -> a result, threshold 0; non-finite logits raise ValueError
-    (:func:`check_finite_logits`)."""
-    full = check_finite_logits(logits).float().cpu().numpy()
-    mask = full > 0
-    score = float(torch.sigmoid(torch.from_numpy(full[mask])).mean()) if mask.any() else 0.0
-    return SegmentationResult(text, mask, full, score)
 
 
 DEVICE_FORMS = "cpu, cuda, cuda:N (N = 0, 1, ...) or mps"
@@ -236,7 +247,7 @@ class Self1ePredictor:
     def predict_batch(self, texts: Sequence[str]) -> list[SegmentationResult]:
         """Several expressions of the current image in one batched pass."""
         texts = check_texts(texts)
-        return [to_result(t, lg) for t, lg in zip(texts, self.predict_torch(texts))]
+        return to_results(texts, self.predict_torch(texts))
 
     def predict_many(self, images: Sequence[ImageLike], texts: Sequence[str]) -> list[SegmentationResult]:
         """One expression per image, all in one batch (used by evaluation); the current image is untouched."""
@@ -260,8 +271,8 @@ class Self1ePredictor:
         batch = self.processor.segmentation_batch(inputs, flat, index).to(self.device, self.model.dtype)
         out: list[list[SegmentationResult]] = [[] for _ in images]
         sizes = [(inputs[i].size[1], inputs[i].size[0]) for i in index]
-        for t, full, i in zip(flat, resize_each(self.model(batch).mask_logits, sizes), index):
-            out[i].append(to_result(t, full))
+        for r, i in zip(results_at_sizes(flat, self.model(batch).mask_logits, sizes), index):
+            out[i].append(r)
         return out
 
     @torch.inference_mode()
@@ -287,7 +298,7 @@ class Self1ePredictor:
         out = self.model(batch, image_features=feats, prefix=self._prefix_for(batch))
         logits = torch.stack(out.mask_logits).float()
         full = resize_logits(logits, (image.size[1], image.size[0]))
-        return [to_result(t, lg) for t, lg in zip(texts, full)]
+        return to_results(texts, full)
 
     # ---- chat -----------------------------------------------------------------------------------
     @torch.inference_mode()
