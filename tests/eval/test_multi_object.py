@@ -23,7 +23,10 @@ def test_every_object_is_scored_from_its_own_file(tmp_path):
     result = evaluate(FolderSource(preds), samples, progress=False)
     assert result.n == sum(len(s.phrases) for s in samples) == expected.n
     assert result.metrics["cIoU"] == expected.ciou and result.missing_predictions == 0
-    assert set(result.metrics["kinds"]) == {"multi-object"}
+    places = {f"multi-object #{k + 1}" for s in samples for k in range(len(s.phrases))}
+    assert set(result.metrics["kinds"]) == places and "multi-object #2" in places
+    first = result.metrics["kinds"]["multi-object #1"]  # the first objects were right, the later ones empty
+    assert first["cIoU"] == 1.0 and result.metrics["kinds"]["multi-object #2"]["cIoU"] == 0.0
     saved = tmp_path / "saved"
     again = evaluate(FolderSource(preds), samples, save_masks=saved, progress=False)
     assert sorted(p.name for p in saved.iterdir()) == sorted(p.name for p in preds.iterdir())

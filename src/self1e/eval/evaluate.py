@@ -49,6 +49,11 @@ class EvalItem:
     prepared: Any = None  # the model's input for ``image``, when the source prepares it ahead (``prepare``)
 
 
+def multi_object_kind(kind: str, k: int) -> str:
+    """The kind object ``k`` (from 0) of a multi-object request is scored under: ``multi-object #1``, ..."""
+    return f"{kind} #{k + 1}"
+
+
 Prediction = np.ndarray | list[np.ndarray]  # one mask, or one per object of a multi-object request
 
 
@@ -252,7 +257,8 @@ def evaluate(
     """Evaluate ``source`` on ``samples`` and return the merged :class:`EvalResult`.
 
     VQA samples (no ``text``) have no mask to evaluate: they are skipped and counted. Each object
-    of a multi-object request is scored as a sample of its own (kind ``multi-object``). ``limit``
+    of a multi-object request is scored as a sample of its own (kind ``multi-object #k``, k its place in
+    the request, so the per-kind table shows how later objects fare against the first). ``limit``
     keeps the first N remaining samples. ``save_masks`` writes ``<id>.png`` (0/255) per sample
     (``<id>_<k>.png`` per object of a multi-object request);
     ``overlays`` draws the first N samples (prediction in red, truth outlined in green, the text
@@ -348,7 +354,7 @@ def _run_shard(
                 if len(pred) != len(s.phrases):
                     raise RuntimeError(f"{s.where or s.id}: {len(pred)} masks for {len(s.phrases)} objects")
                 for k, (mask, truth) in enumerate(zip(pred, truths)):
-                    acc.update(mask, truth, ignore, s.kind)
+                    acc.update(mask, truth, ignore, multi_object_kind(s.kind, k))
                     if save_dir is not None:
                         write_mask_png(mask, save_dir / mask_filename(s.id, k))
                 pred = np.logical_or.reduce(pred)  # drawn as one picture
