@@ -1,7 +1,8 @@
 """Does the model talk as well as segment? Chat-level measures on samples with known answers.
 
-- VQA: exact-match accuracy of the free answer (lower-cased, punctuation and articles dropped), and
-  the share answered without ``[SEG]`` (a question is not a segmentation request);
+- VQA: exact-match accuracy of the free answer (lower-cased, punctuation and articles dropped), also
+  per kind of question (its first two words), and the share answered without ``[SEG]`` (a question
+  is not a segmentation request);
 - segmentation requests: the share answered with ``[SEG]``, and the cIoU of the masks ``chat``
   gives (the first ``[SEG]``; none counts as an empty mask) next to ``predict()``'s on the same samples;
 - multi-object requests: the share answered with exactly one ``[SEG]`` per object, and per-object
@@ -28,6 +29,13 @@ def normalise_answer(text: str) -> str:
     return " ".join(_ARTICLES.sub(" ", text).split())
 
 
+def question_type(question: str) -> str:
+    """A question's first two words, lower-cased ("How many stars are there?" -> "how many"; "colour"
+    spelt "color"): the breakdown of VQA accuracy by kind of question."""
+    words = normalise_answer(question.replace("colour", "color")).split()
+    return " ".join(words[:2]) or "(empty)"
+
+
 def evaluate_chat(predictor: Any, *, segmentation: Sequence[Sample] = (), vqa: Sequence[Sample] = (),
                   multi: Sequence[Sample] = (), max_new_tokens: int = 24, progress: bool = True) -> dict[str, Any]:
     """The measures above, as fractions in [0, 1] with their counts; a group with no sample is left out."""
@@ -36,13 +44,19 @@ def evaluate_chat(predictor: Any, *, segmentation: Sequence[Sample] = (), vqa: S
     bar = tqdm(total=len(segmentation) + len(vqa) + len(multi), desc="chat", unit="sample", disable=not progress)
     if vqa:
         correct = no_seg = 0
+        by_type: dict[str, list[int]] = {}
         for s in vqa:
             predictor.set_image(s.load_image())
             answer = predictor.chat(s.question, max_new_tokens=max_new_tokens).text
-            correct += normalise_answer(answer) == normalise_answer(s.answer)
+            right = normalise_answer(answer) == normalise_answer(s.answer)
+            correct += right
             no_seg += seg_token not in answer
+            counts = by_type.setdefault(question_type(s.question), [0, 0])
+            counts[0] += right
+            counts[1] += 1
             bar.update(1)
-        out["vqa"] = {"n": len(vqa), "exact_match": correct / len(vqa), "answered_without_seg": no_seg / len(vqa)}
+        out["vqa"] = {"n": len(vqa), "exact_match": correct / len(vqa), "answered_without_seg": no_seg / len(vqa),
+                      "by_question": {t: {"n": n, "exact_match": c / n} for t, (c, n) in sorted(by_type.items())}}
     if segmentation:
         chat_acc, predict_acc, with_seg = IoUAccumulator(), IoUAccumulator(), 0
         for s in segmentation:

@@ -240,6 +240,9 @@ def chat_table(chat: dict[str, Any]) -> str:
     for group, key, count, label in CHAT_ROWS:
         if group in chat:
             lines.append(f"| {label} | {chat[group][count]} | {_pct(chat[group][key])} |")
+        if (group, key) == ("vqa", "exact_match") and group in chat:
+            lines += [f"| VQA exact match, \"{t}\" questions | {v['n']} | {_pct(v['exact_match'])} |"
+                      for t, v in chat[group].get("by_question", {}).items()]
     return "\n".join(lines) + "\n"
 
 
