@@ -157,8 +157,8 @@ class RecordingSource(PredictorSource):
         super().__init__(predictor, count_emission=False)
         self.masks: dict[int, object] = {}
 
-    def predict(self, items):
-        out = super().predict(items)
+    def finish(self, items, preds):
+        out = super().finish(items, preds)
         self.masks.update({it.index: m for it, m in zip(items, out)})
         return out
 

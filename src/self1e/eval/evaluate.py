@@ -64,12 +64,22 @@ class PredictionSource(Protocol):
     ``load_item(index, sample, want_image) -> EvalItem`` to build the items itself (one whose images
     were decoded elsewhere, e.g. by Ray Data workers); it raises what :func:`load_item` would.
     ``read_ahead`` (default true) lets the evaluation load the next batches' items in a thread while
-    ``predict`` runs; a source whose items must be loaded in step with its predictions sets it false."""
+    ``predict`` runs; a source whose items must be loaded in step with its predictions sets it false.
+    A source may split ``predict`` into ``begin(items)`` (the model) and ``finish(items, begun)`` (the
+    masks): the evaluation then runs ``finish`` in its scorer thread."""
 
     needs_images: bool
     read_ahead: bool
 
     def predict(self, items: Sequence[EvalItem]) -> list[Prediction]: ...
+
+
+@dataclass
+class _Logits:
+    """A prediction not yet made a mask: head-resolution logits and its image's (H, W)."""
+
+    logits: Any
+    size: tuple[int, int]
 
 
 class PredictorSource:
@@ -96,10 +106,24 @@ class PredictorSource:
         return image_input(item.image) if image_input is not None else None
 
     def predict(self, items: Sequence[EvalItem]) -> list[Prediction]:
+        """The items' masks: :meth:`begin`, then :meth:`finish`."""
+        return self.finish(items, self.begin(items))
+
+    def begin(self, items: Sequence[EvalItem]) -> list[Prediction | _Logits]:
+        """The model's part of :meth:`predict`: for a predictor with ``predict_many_logits`` the
+        single-object items' predictions stay head-resolution logits, which :meth:`finish` makes masks
+        (the evaluation runs it in its scorer thread, beside the next batch's forward)."""
         single = [it for it in items if not it.sample.is_multi_object]
         images = [it.prepared if it.prepared is not None else it.image for it in single]
-        results = iter(self.predictor.predict_many(images, [it.sample.text for it in single]) if single else [])
-        out: list[Prediction] = []
+        texts = [it.sample.text for it in single]
+        deferred = hasattr(self.predictor, "predict_many_logits")
+        if not single:
+            results = iter([])
+        elif deferred:
+            results = iter([_Logits(lg, size) for lg, size in zip(*self.predictor.predict_many_logits(images, texts))])
+        else:
+            results = iter(self.predictor.predict_many(images, texts))
+        out: list[Prediction | _Logits] = []
         for it in items:
             if it.sample.is_multi_object:
                 out.append([self._checked(it, r.mask) for r in self._objects(it)])
@@ -107,7 +131,20 @@ class PredictorSource:
                 res = next(results, None)
                 if res is None:
                     raise RuntimeError(f"predictor returned fewer results than the {len(single)} inputs")
-                out.append(self._checked(it, res.mask))
+                out.append(res if deferred else self._checked(it, res.mask))
+        return out
+
+    def finish(self, items: Sequence[EvalItem], preds: Sequence[Prediction | _Logits]) -> list[Prediction]:
+        """``predict``'s output as masks: logits resized to their image's size and thresholded at 0,
+        all of a batch together (as ``predict_many`` does)."""
+        from self1e.inference.predictor import results_at_sizes
+
+        todo = [k for k, p in enumerate(preds) if isinstance(p, _Logits)]
+        out = list(preds)
+        results = results_at_sizes([items[k].sample.text for k in todo], [preds[k].logits for k in todo],
+                                   [preds[k].size for k in todo])
+        for k, r in zip(todo, results):
+            out[k] = self._checked(items[k], r.mask)
         return out
 
     def _objects(self, it: EvalItem) -> list:
@@ -331,6 +368,8 @@ def _run_shard(
     load = getattr(source, "load_item", load_item)
 
     prepare = getattr(source, "prepare", None)
+    # a source that splits predict into begin (the model) and finish (masks) finishes in the scorer
+    split = hasattr(source, "begin") and hasattr(source, "finish")
 
     def read(batch: Sequence[int]) -> list[tuple[EvalItem, np.ndarray | None, list[np.ndarray]]]:
         """Each item (with its prepared model input) with its ignore map and its ground truth (one
@@ -348,6 +387,8 @@ def _run_shard(
 
     def score(loaded: list, preds: list[Prediction]) -> None:
         """Metrics, mask files and overlays of one predicted batch (in batch order)."""
+        if split:
+            preds = source.finish([it for it, _, _ in loaded], preds)
         for (it, ignore, truths), pred in zip(loaded, preds):
             s = it.sample
             if s.is_multi_object:
@@ -387,7 +428,7 @@ def _run_shard(
                 loaded = pending.pop(0).result()
             else:
                 loaded = read(batch)
-            preds = source.predict([it for it, _, _ in loaded])
+            preds = (source.begin if split else source.predict)([it for it, _, _ in loaded])
             if threaded:
                 if scored is not None:
                     scored.result()  # the previous batch's errors surface here, in order

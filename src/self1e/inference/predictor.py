@@ -266,14 +266,28 @@ class Self1ePredictor:
         flat = check_texts([t for group in texts for t in group])
         if not flat:
             return [[] for _ in images]
-        inputs = [self.processor.image_input(im) for im in images]
         index = [i for i, group in enumerate(texts) for _ in group]
-        batch = self.processor.segmentation_batch(inputs, flat, index).to(self.device, self.model.dtype)
+        logits, sizes = self._logits_of(images, flat, index)
         out: list[list[SegmentationResult]] = [[] for _ in images]
-        sizes = [(inputs[i].size[1], inputs[i].size[0]) for i in index]
-        for r, i in zip(results_at_sizes(flat, self.model(batch).mask_logits, sizes), index):
+        for r, i in zip(results_at_sizes(flat, logits, sizes), index):
             out[i].append(r)
         return out
+
+    @torch.inference_mode()
+    def predict_many_logits(self, images: Sequence[ImageLike],
+                            texts: Sequence[str]) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
+        """:meth:`predict_many` up to the head: each text's mask logits at the head's resolution and
+        the (H, W) its image has; :func:`results_at_sizes` turns them into its results. (The
+        evaluation does that step in another thread, beside the next batch's forward.)"""
+        if len(images) != len(texts):
+            raise ValueError(f"got {len(images)} images but {len(texts)} texts")
+        return self._logits_of(images, check_texts(list(texts)), list(range(len(texts))))
+
+    def _logits_of(self, images: Sequence[ImageLike], texts: list[str],
+                   index: list[int]) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
+        inputs = [self.processor.image_input(im) for im in images]
+        batch = self.processor.segmentation_batch(inputs, texts, index).to(self.device, self.model.dtype)
+        return self.model(batch).mask_logits, [(inputs[i].size[1], inputs[i].size[0]) for i in index]
 
     @torch.inference_mode()
     def predict_objects(self, request: str, phrases: Sequence[str]) -> list[SegmentationResult]:
