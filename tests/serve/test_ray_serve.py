@@ -152,7 +152,11 @@ def test_limits_and_a_dying_replica_through_the_ray_route(ray_serve, predictor, 
         else:  # a request lost with its replica says so, as the app's JSON error
             assert r.status_code >= 500 and r.json()["error"]["status"] == r.status_code, r.text
     answered = sum(r.status_code == 200 for r in answers)
-    assert httpx.get(f"{url}/healthz").json()["retried"] >= 1  # requests in flight on the dead replica were asked again
+    # Requests in flight on the dead replica were asked again. On a busy machine the kill can land
+    # between two of its batches, with nothing in flight: then nothing is retried and nothing is lost
+    # (without the retry, a request lost with the replica would have answered 5xx here).
+    retried = httpx.get(f"{url}/healthz").json()["retried"]
+    assert retried >= 1 or answered == len(requests), (retried, answered)
     deadline = time.monotonic() + 90
     while True:  # Serve notices the death (the status may still count it as running) and starts a new one
         alive = model_replicas(ray)
