@@ -2,9 +2,12 @@
 shipped in ``configs/models/internvl3-2b-hf``, the recipe's LoRA (every target checked to exist),
 gradient checkpointing and two training steps in bfloat16. Prints trainable and total parameters
 and the peak memory of the process. Not part of ``make test`` (bfloat16 matrix products on a CPU
-without native bf16 take many minutes at these shapes): ``make test-realsize`` runs it and prints them."""
+without native bf16 take many minutes at these shapes): ``make test-realsize`` runs it and prints them,
+with the CPU's matrix-product speed in that dtype and in float32. ``SELF1E_REALSIZE_DTYPE=float32``
+runs the same steps in float32, for a CPU whose bfloat16 is too slow."""
 from __future__ import annotations
 
+import os
 import resource
 import time
 from pathlib import Path
@@ -17,16 +20,28 @@ from self1e.train.config import load_config
 from self1e.train.setup import build_batches, check_lora_targets, configure_trainable
 
 ROOT = Path(__file__).resolve().parents[2]
+DTYPE = getattr(torch, os.environ.get("SELF1E_REALSIZE_DTYPE", "bfloat16"))
+
+
+def matmul_gflops(dtype: torch.dtype) -> float:
+    """This CPU's speed on one (512 x 1536) @ (1536 x 8960) product, InternVL3-2B's MLP shape."""
+    a, b = torch.randn(512, 1536, dtype=dtype), torch.randn(1536, 8960, dtype=dtype)
+    a @ b
+    start = time.perf_counter()
+    a @ b
+    return 2 * 512 * 1536 * 8960 / (time.perf_counter() - start) / 1e9
 
 
 @pytest.mark.slow
 @pytest.mark.realsize
 def test_internvl3_2b_recipe_two_lora_steps_in_bf16_on_cpu():
+    print(f"\nmatrix products on this CPU: {matmul_gflops(DTYPE):.1f} GFLOP/s in {str(DTYPE)[6:]}, "
+          f"{matmul_gflops(torch.float32):.1f} in float32", flush=True)
     cfg = load_config(ROOT / "configs" / "internvl3_2b.yaml",
                       [f"model=random:{ROOT / 'configs' / 'models' / 'internvl3-2b-hf'}", "data=[refshapes:train:8:0]",
                        "batch_size=1", "expressions_per_image=1", "num_workers=0", "val=null"])
     start = time.time()
-    model = load_model(cfg.model, config=cfg.self1e, dtype=torch.bfloat16)
+    model = load_model(cfg.model, config=cfg.self1e, dtype=DTYPE)
     vit, llm = model.base.config.vision_config, model.base.config.text_config
     assert (vit.hidden_size, vit.num_hidden_layers, llm.hidden_size, llm.num_hidden_layers, llm.vocab_size) == (
         1024, 24, 1536, 28, 151674)  # the real shapes, not a tiny model
@@ -50,10 +65,11 @@ def test_internvl3_2b_recipe_two_lora_steps_in_bf16_on_cpu():
         losses.append(float(out.loss.detach()))
     assert all(torch.isfinite(torch.tensor(losses)))
     assert any(not torch.equal(b, p.detach()) for b, p in zip(before, trainable[:4]))  # the step moved weights
-    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert all(p.dtype == DTYPE for p in model.parameters())
     n_train, n_all = sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters())
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"\nInternVL3-2B geometry, LoRA r{cfg.lora.r}: {n_train / 1e6:.1f} M trainable of {n_all / 1e6:.1f} M "
+    print(f"\nInternVL3-2B geometry, {str(DTYPE)[6:]}, LoRA r{cfg.lora.r}: {n_train / 1e6:.1f} M trainable of "
+          f"{n_all / 1e6:.1f} M "
           f"parameters; losses {losses[0]:.3f}, {losses[1]:.3f}; peak memory {peak_gib:.1f} GiB; "
           f"{time.time() - start:.0f} s")
     assert 2.0e9 < n_all < 2.6e9 and 0 < n_train < n_all / 2  # LoRA + projector, embeddings, lm_head, head
