@@ -6,11 +6,15 @@
 Rungs: compressed, hq, rfr, rfa (causal attention) and rfa with the bidirectional segmentation
 mask. Each (rung, seed) is trained by ``self1e.train`` with only ``self1e.mask_head``,
 ``self1e.seg_attention`` and ``seed`` changed: from scratch, or with ``--warm-start CKPT`` from the
-same trained backbone with a fresh head of the rung (``new_head``). It is then evaluated by
+same trained backbone with a fresh head of the rung (``new_head``); with ``--head-only`` as well, the
+backbone and LLM stay frozen and only the head trains, so the rungs differ in nothing but the head. It
+is then evaluated by
 ``self1e.eval`` on freshly generated RefShapes test samples (overall and per expression kind), and
 next to the mask-grid ceiling of its output size (``mask_ceiling.py``: how much of a rung's gain is
 resolution). Validation cIoU every ``--curve-every`` steps gives the learning curves. Writes
 per-run JSON, a markdown table of mean and spread, and an SVG plot of cIoU against steps per rung.
+A run whose folder already holds its record (same steps, start and head-only setting) is not trained
+again, so an interrupted ladder continues where it stopped.
 """
 from __future__ import annotations
 
@@ -22,11 +26,14 @@ from pathlib import Path
 
 RUNGS = (("compressed", "causal"), ("hq", "causal"), ("rfr", "causal"), ("rfa", "causal"), ("rfa", "bidirectional"))
 METRICS = ("cIoU", "gIoU", "N_acc", "T_acc")
+RUNG_ORDER = ("compressed", "hq", "rfr", "rfa")
+# LoRA on with no adapter targets and nothing trained in full: only the mask head ("head.") trains
+HEAD_ONLY = ["lora.enabled=true", "lora.llm_targets=[]", "lora.vit_targets=[]", "lora.train_full=[]"]
 
 
 def run_one(config: str, rung: str, attention: str, seed: int, steps: int, out: Path, test: str,
             overrides: list[str], warm_start: str | None = None, curve_every: int = 0,
-            val: str = "refshapes:val:200:1") -> dict:
+            val: str = "refshapes:val:200:1", head_only: bool = False) -> dict:
     from self1e.data.datasets import load_dataset
     from self1e.eval.evaluate import PredictorSource, evaluate
     from self1e.inference.predictor import Self1ePredictor
@@ -34,11 +41,18 @@ def run_one(config: str, rung: str, attention: str, seed: int, steps: int, out: 
     from self1e.train.loop import train
 
     run_dir = out / f"{rung}-{attention}-seed{seed}"
+    done = run_dir / "ablation.json"
+    if done.is_file():
+        record = json.loads(done.read_text())
+        if (record["steps"], record["warm_start"], record.get("head_only", False)) == (steps, warm_start, head_only):
+            return record
+    if head_only and not warm_start:
+        raise ValueError("--head-only needs --warm-start: a frozen random backbone has nothing to read")
     start_from = [f"model={warm_start}", "new_head=true"] if warm_start else []
     curve = [f"val={val}", f"eval_every={curve_every}"] if curve_every else ["val=null"]
     cfg = load_config(config, [*start_from, f"self1e.mask_head={rung}", f"self1e.seg_attention={attention}",
                                f"seed={seed}", f"max_steps={steps}", *curve, "save_every=0", "max_minutes=null",
-                               f"out={run_dir}", *overrides])
+                               f"out={run_dir}", *(HEAD_ONLY if head_only else []), *overrides])
     start = time.time()
     final = train(cfg)
     minutes = (time.time() - start) / 60
@@ -48,10 +62,11 @@ def run_one(config: str, rung: str, attention: str, seed: int, steps: int, out: 
     predictor.set_image(samples[0].load_image())
     grid = int(predictor.predict_torch([samples[0].text], original_size=False).shape[-1])
     record = {"rung": rung, "attention": attention, "seed": seed, "steps": steps, "warm_start": warm_start,
+              "head_only": head_only,
               "train_minutes": round(minutes, 2), **{k: result.metrics.get(k) for k in METRICS},
               "kinds": {k: v["cIoU"] for k, v in result.metrics.get("kinds", {}).items()},
               "mask_grid": grid, "ceiling_cIoU": _ceiling(samples, grid) / 100, "curve": _curve(run_dir)}
-    (run_dir / "ablation.json").write_text(json.dumps(record, indent=2) + "\n")
+    done.write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -71,11 +86,17 @@ def _curve(run_dir: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["val/cIoU"]) for r in rows if "val/cIoU" in r]
 
 
+def pairs(records: list[dict]) -> list[tuple[str, str]]:
+    """The (rung, attention) pairs present, in ladder order (causal before bidirectional)."""
+    present = {(r["rung"], r["attention"]) for r in records}
+    return sorted(present, key=lambda p: (RUNG_ORDER.index(p[0]), p[1] != "causal", p[1]))
+
+
 def plot(records: list[dict], path: Path) -> None:
     """An SVG of validation cIoU against steps, the mean over seeds per rung (no plotting library)."""
     colours = ("#e6194b", "#3cb44b", "#0082c8", "#f58231", "#911eb4")
     series = []
-    for (rung, attention), colour in zip(RUNGS, colours):
+    for (rung, attention), colour in zip(pairs(records), colours * 2):
         runs = [dict(r["curve"]) for r in records if (r["rung"], r["attention"]) == (rung, attention) and r["curve"]]
         steps = sorted(set.intersection(*(set(c) for c in runs))) if runs else []
         if steps:
@@ -113,7 +134,7 @@ def table(records: list[dict]) -> str:
     kinds = sorted({k for r in records for k in r.get("kinds", {})} - {"none"})
     head = ["rung", "attention", "runs", *METRICS, "mask grid", "grid ceiling cIoU", *(f"cIoU {k}" for k in kinds)]
     lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
-    for rung, attention in RUNGS:
+    for rung, attention in pairs(records):
         rs = [r for r in records if r["rung"] == rung and r["attention"] == attention]
         if not rs:
             continue
@@ -138,19 +159,25 @@ def main(argv: list[str] | None = None) -> int:
                    help="start every run from this checkpoint's backbone with a fresh head of the rung")
     p.add_argument("--curve-every", type=int, default=None, metavar="N",
                    help="validation cIoU every N steps for the learning curves (default: steps / 5; 0: none)")
+    p.add_argument("--head-only", action="store_true",
+                   help="with --warm-start: freeze the backbone and LLM, train only the fresh head")
     args = p.parse_args(argv)
-    rungs = RUNGS if not args.rungs else tuple(tuple(r.split("-")) for r in args.rungs.split(","))
+    rungs = RUNGS if not args.rungs else tuple(tuple(r.split("-", 1)) for r in args.rungs.split(","))
+    for rung, attention in rungs:
+        if rung not in RUNG_ORDER or attention not in ("causal", "bidirectional"):
+            p.error(f"--rungs: {rung}-{attention} is not RUNG-ATTENTION with RUNG one of {RUNG_ORDER} "
+                    "and ATTENTION causal or bidirectional")
     curve_every = max(1, args.steps // 5) if args.curve_every is None else args.curve_every
     out, records = Path(args.out), []
     for seed in args.seeds:
         for rung, attention in rungs:
             records.append(run_one(args.config, rung, attention, seed, args.steps, out, args.test, args.overrides,
-                                   args.warm_start, curve_every))
+                                   args.warm_start, curve_every, head_only=args.head_only))
             print(json.dumps(records[-1]), flush=True)
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps({"config": args.config, "steps": args.steps, "seeds": args.seeds,
-                                   "warm_start": args.warm_start, "test": args.test, "runs": records}, indent=2) + "\n")
+                                   "warm_start": args.warm_start, "head_only": args.head_only, "test": args.test, "runs": records}, indent=2) + "\n")
     md = table(records)
     results.with_suffix(".md").write_text(md)
     plot(records, results.with_suffix(".svg"))

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_model.py"
 VARIANTS = {"plain", "seg", "seg_causal", "seg_lm_logits", "seg_labelled", "seg_eager", "seg_eager_llm",
@@ -128,6 +129,34 @@ def test_ablation_from_a_warm_start_writes_table_curves_and_plot(tmp_path, tiny_
     assert runs[0]["ceiling_cIoU"] < runs[1]["ceiling_cIoU"]  # a finer grid can fit the masks better
     assert "grid ceiling cIoU" in results.with_suffix(".md").read_text()
     assert results.with_suffix(".svg").read_text().count("<polyline") == 2
+
+
+@pytest.mark.slow
+def test_ablation_head_only_trains_only_the_head_and_resumes_by_run(tmp_path, tiny_model_dir):
+    from safetensors.torch import load_file
+
+    results, runs_dir = tmp_path / "ablation.json", tmp_path / "runs"
+    args = ["--config", "configs/refshapes_tiny.yaml", "--steps", "3", "--seeds", "0", "--rungs",
+            "hq-bidirectional", "--warm-start", str(tiny_model_dir), "--head-only", "--curve-every", "0",
+            "--test", "refshapes:test:4:3:64", "--out", str(runs_dir), "--results", str(results),
+            "--set", "data=[refshapes:train:40:0:64]", "--set", "batch_size=2", "--set", "warmup_steps=1",
+            "--set", "lr=1e-2"]
+    assert load_script("ablation").main(args) == 0
+    record = json.loads(results.read_text())["runs"][0]
+    assert (record["rung"], record["attention"], record["head_only"]) == ("hq", "bidirectional", True)
+    final_dir = runs_dir / "hq-bidirectional-seed0" / "final"
+    start, end = load_file(tiny_model_dir / "model.safetensors"), load_file(final_dir / "model.safetensors")
+    assert set(start) == set(end) and all(torch.equal(start[k], end[k]) for k in start)  # backbone and LLM frozen
+    head = load_file(final_dir / "mask_head.safetensors")
+    assert head and all(v.isfinite().all() for v in head.values())
+    assert "| hq | bidirectional | 1 |" in results.with_suffix(".md").read_text()
+    # a second call finds the run's record and trains nothing: the checkpoint is not rewritten
+    final = final_dir / "mask_head.safetensors"
+    stamp = final.stat().st_mtime_ns
+    assert load_script("ablation").main(args) == 0
+    assert final.stat().st_mtime_ns == stamp and json.loads(results.read_text())["runs"][0] == record
+    with pytest.raises(SystemExit):
+        load_script("ablation").main([("hq-sideways" if a == "hq-bidirectional" else a) for a in args])
 
 
 @pytest.mark.slow
