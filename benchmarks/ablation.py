@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps({"config": args.config, "steps": args.steps, "seeds": args.seeds,
-                                   "warm_start": args.warm_start, "head_only": args.head_only, "test": args.test, "runs": records}, indent=2) + "\n")
+                                   "warm_start": args.warm_start, "head_only": args.head_only, "test": args.test,
+                                   "runs": records}, indent=2) + "\n")
     md = table(records)
     results.with_suffix(".md").write_text(md)
     plot(records, results.with_suffix(".svg"))
