@@ -77,7 +77,7 @@ def image_token_states(model, texts):
         feats = model.encode_images(batch.pixel_values, batch.grids)
         embeds = model.embed(batch.input_ids, feats, batch.image_index)
         bidirectional = model.config.seg_attention == "bidirectional"
-        hidden = model._llm(embeds, batch.input_ids, batch.attention_mask, bidirectional)
+        hidden = model._llm(embeds, batch.input_ids, batch.attention_mask, feats, batch.image_index, bidirectional)
     return hidden[batch.input_ids == model.image_token_id].reshape(len(texts), -1, hidden.shape[-1])
 
 

@@ -340,9 +340,8 @@ class Self1ePredictor:
             sampling.update(temperature=temperature, top_p=top_p)
         if seed is not None:
             torch.manual_seed(seed)
-        gen = model.base.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(input_ids),
-                                  max_new_tokens=max_new_tokens, eos_token_id=stop, pad_token_id=p.pad_id, **sampling)
-        new = gen[0].tolist()  # with inputs_embeds, generate returns only the new tokens
+        new = model.backbone.generate(input_ids, embeds, image, max_new_tokens=max_new_tokens, eos_token_id=stop,
+                                      pad_token_id=p.pad_id, **sampling)
         while new and new[-1] in stop + [p.pad_id]:
             new.pop()
         text = p.tokenizer.decode(new, skip_special_tokens=False).strip()

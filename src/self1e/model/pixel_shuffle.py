@@ -34,23 +34,36 @@ def self_replicate(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x] * 4, dim=-1)
 
 
+def fold_replicated(linear: nn.Linear, alpha: int, gamma: torch.Tensor | None = None,
+                    beta: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (weight, bias) that ``linear`` applies to ``alpha`` identical copies of one normalised
+    D-vector ``x_hat`` concatenated, as one Linear on ``x_hat`` (exact rewrite): ``linear`` takes
+    ``alpha * D`` inputs in ``alpha`` blocks ``W_k``, so the weight is ``sum_k W_k`` and the bias
+    ``linear.bias``. With a norm over the concatenation in between (``gamma``, ``beta``, each
+    ``alpha * D``: its affine part; its statistics over identical copies are one copy's), the
+    weight is ``sum_k W_k diag(gamma_k)`` and the bias ``sum_k W_k beta_k + b``."""
+    d = linear.in_features // alpha
+    w = linear.weight.reshape(linear.out_features, alpha, d)  # (C, k, D)
+    bias = linear.bias if linear.bias is not None else torch.zeros(linear.out_features, dtype=w.dtype,
+                                                                   device=w.device)
+    if gamma is None:
+        return w.sum(1), bias
+    weight = (w * gamma.reshape(alpha, d)).sum(1)  # (C, D)
+    if beta is not None:
+        bias = torch.einsum("ckd,kd->c", w, beta.reshape(alpha, d)) + bias
+    return weight, bias
+
+
 def project_replicated(projector: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``projector(self_replicate(x))`` without building the 4x input (exact rewrite).
 
     LayerNorm over four identical copies has the mean and variance of one copy, so
-    LayerNorm + first Linear fold into one Linear on the normalised ``x`` with weight
-    ``sum_k W_k diag(gamma_k)`` and bias ``sum_k W_k beta_k + b``.
+    LayerNorm + first Linear fold into one Linear on the normalised ``x`` (:func:`fold_replicated`).
 
     projector: InternVL's multi_modal_projector (layer_norm, linear_1, act, linear_2).
     x: (..., D) -> (..., C).
     """
-    ln, lin1 = projector.layer_norm, projector.linear_1
-    d = x.shape[-1]
-    x_hat = F.layer_norm(x, (d,), None, None, ln.eps)
-    w = lin1.weight.reshape(lin1.out_features, 4, d)  # (C, k, D)
-    gamma = ln.weight.reshape(4, d)
-    beta = ln.bias.reshape(4, d)
-    weight = (w * gamma).sum(1)  # (C, D)
-    bias = torch.einsum("ckd,kd->c", w, beta) + lin1.bias
-    h = projector.act(F.linear(x_hat, weight, bias))
-    return projector.linear_2(h)
+    ln = projector.layer_norm
+    x_hat = F.layer_norm(x, (x.shape[-1],), None, None, ln.eps)
+    weight, bias = fold_replicated(projector.linear_1, 4, ln.weight, ln.bias)
+    return projector.linear_2(projector.act(F.linear(x_hat, weight, bias)))

@@ -1,8 +1,9 @@
 """Self1eProcessor: the one preprocessing path (images -> tiles, prompts, labels, mask targets).
 
 Training, evaluation, the predictor and the demo all use it, so the model always sees the inputs it
-was trained on. Prompts follow InternVL's chat format (``<|im_start|>`` turns; the image is
-``<img>`` + ``<IMG_CONTEXT>`` x N + ``</img>``).
+was trained on. Prompts follow the tokenizer's chat template, or InternVL's chat format without one
+(``<|im_start|>`` turns); the image is its layout's opening token, N context tokens and its closing
+token (InternVL: ``<img>`` + ``<IMG_CONTEXT>`` x N + ``</img>``; see :mod:`self1e.model.layouts`).
 """
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ from PIL import Image
 
 from self1e.common.images import ImageLike, to_rgb
 from self1e.model.config import PromptFormat
+from self1e.model.layouts import ImageInput, TileLayout
+
+__all__ = ["IGNORE_INDEX", "IGNORE_PIXEL", "Batch", "ImageInput", "Self1eProcessor", "check_text", "multi_answer"]
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
-IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMG_START, IMG_END, IMG_CONTEXT = TileLayout.open_token, TileLayout.close_token, TileLayout.context_token
 IGNORE_INDEX = -100
 IGNORE_PIXEL = -1.0  # mask-target value of pixels left out of the mask loss (a sample's ignore region)
 
@@ -71,31 +73,6 @@ def multi_answer(phrases: Sequence[str], prefix: str = "") -> list[str]:
     return pieces + ["."]
 
 
-def tile_grid(width: int, height: int, max_tiles: int, tile_size: int) -> tuple[int, int]:
-    """InternVL's dynamic tiling: the (rows, cols) grid of at most ``max_tiles`` tiles whose aspect
-    ratio is closest to the image's; on a tie the larger grid wins if the image has more than half
-    its pixels."""
-    grids = sorted(((r, c) for r in range(1, max_tiles + 1) for c in range(1, max_tiles + 1) if r * c <= max_tiles),
-                   key=lambda rc: rc[0] * rc[1])
-    best, best_diff = (1, 1), float("inf")
-    for rows, cols in grids:
-        diff = abs(width / height - cols / rows)
-        if diff < best_diff:
-            best, best_diff = (rows, cols), diff
-        elif diff == best_diff and width * height > 0.5 * tile_size * tile_size * rows * cols:
-            best = (rows, cols)
-    return best
-
-
-@dataclass
-class ImageInput:
-    """pixel_values: (T, 3, S, S) tiles (row-major, then the thumbnail if any); grid: (rows, cols)."""
-
-    pixel_values: torch.Tensor
-    grid: tuple[int, int]
-    size: tuple[int, int]  # original (width, height)
-
-
 @dataclass
 class Batch:
     """Model inputs. B rows (conversations), I images, T tiles in all.
@@ -129,54 +106,51 @@ TOKEN_CACHE_SIZE = 4096  # memoised encodings per processor (cleared when full)
 class Self1eProcessor:
     """Turns images and texts into :class:`Batch` objects for one model geometry and tokenizer."""
 
-    def __init__(self, tokenizer, image_size: int, patch_size: int, max_tiles: int = 1,
+    def __init__(self, tokenizer, image_size: int = 448, patch_size: int = 14, max_tiles: int = 1,
                  use_thumbnail: bool = True, seg_token: str = "[SEG]", loss_short_side: int = 128,
-                 prompt_format: PromptFormat | None = None) -> None:
+                 prompt_format: PromptFormat | None = None, layout=None) -> None:
+        """``layout`` (see :mod:`self1e.model.layouts`) prepares the images; without one, InternVL's
+        tiles of ``image_size`` with ``patch_size`` patches, up to ``max_tiles``."""
         self.tokenizer = tokenizer
         self._token_cache: dict[tuple[bool, int, str], list[int]] = {}
         self._layout_cache: dict[tuple[str, ...], list[str] | None] = {}
         self.format = prompt_format or PromptFormat()
         self.template_chars = template_chars(self.format)
-        self.image_size = image_size
-        self.grid_side = image_size // patch_size // 2  # LLM tokens per tile side
-        self.max_tiles = max_tiles
-        self.use_thumbnail = use_thumbnail
+        self.image_layout = layout or TileLayout(image_size, patch_size, max_tiles, use_thumbnail)
         self.seg_token = seg_token
         self.loss_short_side = loss_short_side
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        ids = tokenizer.convert_tokens_to_ids([IMG_START, IMG_END, IMG_CONTEXT])
+        names = [self.image_layout.open_token, self.image_layout.close_token, self.image_layout.context_token]
+        ids = tokenizer.convert_tokens_to_ids(names)
         if tokenizer.unk_token_id in ids or None in ids:
-            raise ValueError(f"tokenizer lacks InternVL's image tokens {IMG_START}, {IMG_END}, {IMG_CONTEXT}")
+            raise ValueError(f"the tokenizer lacks the image tokens {', '.join(names)} of this backbone")
         self.img_start_id, self.img_end_id, self.img_context_id = ids
-        self._mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-        self._std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+    @property
+    def image_size(self) -> int:
+        """The tile side (InternVL), or the side of a square image after resizing (native resolution)."""
+        return self.image_layout.image_size
+
+    @property
+    def grid_side(self) -> int:
+        """LLM tokens per tile side (tiled layouts only)."""
+        return self.image_layout.grid_side
 
     @property
     def tokens_per_tile(self) -> int:
-        return self.grid_side**2
+        return self.image_layout.tokens_per_tile
 
     # ---- images -------------------------------------------------------------------------------
-    def _normalise(self, im: Image.Image) -> torch.Tensor:
-        arr = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
-        return (arr - self._mean) / self._std
-
     def image_input(self, image: ImageLike) -> ImageInput:
-        """One image -> its tiles at the model's size (converted to RGB here, once). An
+        """One image -> its pixel values at the model's size (converted to RGB here, once). An
         :class:`ImageInput` (already prepared, e.g. by a reader thread) is returned as it is."""
         if isinstance(image, ImageInput):
             return image
-        im = to_rgb(image)
-        s = self.image_size
-        rows, cols = tile_grid(im.width, im.height, self.max_tiles, s) if self.max_tiles > 1 else (1, 1)
-        big = im.resize((cols * s, rows * s), Image.BICUBIC)
-        tiles = [big.crop((c * s, r * s, (c + 1) * s, (r + 1) * s)) for r in range(rows) for c in range(cols)]
-        if self.use_thumbnail and len(tiles) > 1:
-            tiles.append(im.resize((s, s), Image.BICUBIC))
-        return ImageInput(torch.stack([self._normalise(t) for t in tiles]), (rows, cols), im.size)
+        return self.image_layout.prepare(to_rgb(image))
 
     def n_tiles(self, grid: tuple[int, int]) -> int:
-        n = grid[0] * grid[1]
-        return n + 1 if self.use_thumbnail and n > 1 else n
+        """The image units of an image of this grid (``tokens_per_tile`` LLM tokens each)."""
+        return self.image_layout.n_tiles(grid)
 
     def mask_target(self, mask: np.ndarray, ignore: np.ndarray | None = None) -> torch.Tensor:
         """Ground truth (H, W) bool -> float target with short side ``loss_short_side`` (same aspect):

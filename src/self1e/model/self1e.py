@@ -1,8 +1,9 @@
-"""Self1eModel: SELF1E around transformers' native ``InternVLForConditionalGeneration``.
+"""Self1eModel: SELF1E around a transformers-native MLLM (InternVL, Qwen2.5-VL, Qwen3-VL).
 
-The base model is used through its own submodules (vision tower, projector, language model, LM
-head); we only re-run its image-feature path to keep the full-resolution ViT features, and pass a
-custom 4D attention mask to the language model.
+The base model is used through its own submodules (vision tower, compression, language model, LM
+head), reached through its backbone adapter (:mod:`self1e.model.backbones`); we only re-run its
+image-feature path to keep the full-resolution ViT features, and pass a custom 4D attention mask
+to the language model.
 """
 from __future__ import annotations
 
@@ -17,14 +18,14 @@ import torch
 import torch.nn.functional as F
 from tokenizers import AddedToken
 from torch import nn
-from transformers import DynamicCache, InternVLForConditionalGeneration
+from transformers import DynamicCache
 
 from self1e.model import weights
-from self1e.model.attention import last_index, position_ids_from_mask, seg_attention_mask
+from self1e.model.attention import last_index, seg_attention_mask
+from self1e.model.backbones import backbone_for
 from self1e.model.config import Self1eConfig
 from self1e.model.head import MaskHead
 from self1e.model.losses import mask_loss
-from self1e.model.pixel_shuffle import pixel_shuffle, project_replicated
 from self1e.model.processing import IGNORE_INDEX, Batch, Self1eProcessor
 
 log = logging.getLogger(__name__)
@@ -33,19 +34,20 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ImageFeatures:
-    """What the vision side computes for I images, T tiles in all; reusable across forward passes.
+    """What the vision side computes for I images; reusable across forward passes.
 
-    tokens: (T, n, C) LLM inputs per tile; grids: I x (rows, cols); tiles_per_image: I counts;
-    per image, stitched over its tiles (thumbnail excluded): f_v1 (H1, W1, C) the projector output,
-    f_v1_hq (2*H1, 2*W1, C) the self-replicated full-resolution projection (None when the head
-    does not use it).
+    Per image: tokens (n, C) the LLM inputs at its image tokens; grids: its layout's grid (InternVL:
+    tiles; native resolution: patches); f_v1 (H1, W1, C) the compressed features on the LLM's token
+    grid (InternVL: stitched over the tiles, thumbnail excluded), f_v1_hq (2*H1, 2*W1, C) the
+    self-replicated full-resolution projection (None when the head does not use it); extras: the
+    language model's other image inputs (Qwen3-VL's deepstack features), or None.
     """
 
-    tokens: torch.Tensor
+    tokens: list[torch.Tensor]
     grids: list[tuple[int, int]]
-    tiles_per_image: list[int]
     f_v1: list[torch.Tensor]
     f_v1_hq: list[torch.Tensor | None]
+    extras: list[list[torch.Tensor]] | None = None
 
 
 @dataclass
@@ -106,13 +108,6 @@ def _cache_kwarg(language_model: nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(language_model.forward).parameters else "past_key_values"
 
 
-def stitch(tiles: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """(rows*cols, h, w, C) row-major tiles -> (rows*h, cols*w, C)."""
-    rows, cols = grid
-    _, h, w, c = tiles.shape
-    return tiles.reshape(rows, cols, h, w, c).permute(0, 2, 1, 3, 4).reshape(rows * h, cols * w, c)
-
-
 def add_seg_token(tokenizer, seg_token: str) -> int:
     """Add ``seg_token`` as one special token if missing; check it encodes to exactly one id."""
     if seg_token not in tokenizer.get_vocab():
@@ -140,11 +135,13 @@ def resolve_settings(saved: Self1eConfig | None, config: Self1eConfig | Mapping[
 
 
 class Self1eModel(nn.Module):
-    """InternVL + the SELF1E mask head. Build with :meth:`from_pretrained` or :meth:`from_base`."""
+    """An MLLM (InternVL, Qwen2.5-VL, Qwen3-VL) + the SELF1E mask head. Build with
+    :meth:`from_pretrained` or :meth:`from_base`; ``backbone`` is the family's adapter."""
 
-    def __init__(self, base: InternVLForConditionalGeneration, tokenizer, config: Self1eConfig) -> None:
+    def __init__(self, base: nn.Module, tokenizer, config: Self1eConfig) -> None:
         super().__init__()
         self.base = base
+        self.backbone = backbone_for(base)
         self.tokenizer = tokenizer
         self.config = config
         self.seg_token_id = add_seg_token(tokenizer, config.seg_token)
@@ -155,7 +152,7 @@ class Self1eModel(nn.Module):
             with torch.no_grad():  # new rows (in and out) start at the mean of the old ones
                 for matrix in (base.get_input_embeddings().weight, base.get_output_embeddings().weight):
                     matrix[old:] = matrix[:old].mean(0)
-        self.image_token_id = base.config.image_token_id
+        self.image_token_id = self.backbone.image_token_id
         # None, or the quantize mode the weights were loaded / converted with (self1e.model.quantize)
         self.quantization: str | None = None
         self.head = MaskHead(base.config.text_config.hidden_size, config.mask_head)
@@ -163,9 +160,9 @@ class Self1eModel(nn.Module):
         self._make_processor()
 
     def _make_processor(self) -> None:
-        vc, c = self.base.config.vision_config, self.config
-        self.processor = Self1eProcessor(self.tokenizer, vc.image_size[0], vc.patch_size[0], c.max_tiles,
-                                         c.use_thumbnail, c.seg_token, c.loss_short_side, c.prompt)
+        c = self.config
+        self.processor = Self1eProcessor(self.tokenizer, seg_token=c.seg_token, loss_short_side=c.loss_short_side,
+                                         prompt_format=c.prompt, layout=self.backbone.layout(c))
 
     def train(self, mode: bool = True) -> Self1eModel:
         """As ``nn.Module.train``; a quantized model (``quantization`` set) refuses training mode."""
@@ -175,24 +172,11 @@ class Self1eModel(nn.Module):
         return super().train(mode)
 
     def set_image_size(self, size: int) -> None:
-        """Move the ViT to ``size`` x ``size`` tiles: its absolute position embeddings are resampled
-        (bicubic, class token kept) to the new patch grid, and the configs and processor follow.
-        A checkpoint trained at one resolution then starts fine-tuning at another."""
-        vc = self.base.config.vision_config
-        patch = vc.patch_size[0]
-        if size % (2 * patch):
-            raise ValueError(f"image size {size} must be a multiple of twice the patch size ({2 * patch})")
-        emb = self.base.model.vision_tower.embeddings
-        old = emb.position_embeddings
-        if old is None:
-            raise ValueError("this vision tower has no absolute position embeddings to resample")
-        g0, g1, dim = vc.image_size[0] // patch, size // patch, old.shape[-1]
-        grid = old.data[:, 1:].reshape(1, g0, g0, dim).permute(0, 3, 1, 2)
-        grid = F.interpolate(grid.float(), size=(g1, g1), mode="bicubic", align_corners=False)
-        grid = grid.permute(0, 2, 3, 1).reshape(1, g1 * g1, dim).to(old.dtype)
-        emb.position_embeddings = nn.Parameter(torch.cat([old.data[:, :1], grid], 1), requires_grad=old.requires_grad)
-        emb.image_size = vc.image_size = [size, size]
-        self.base.config.image_seq_length = (g1 // 2) ** 2
+        """InternVL: move the ViT to ``size`` x ``size`` tiles (its absolute position embeddings
+        resampled, bicubic, class token kept, to the new patch grid); native-resolution backbones:
+        resize images to about ``size`` x ``size`` pixels. The configs and processor follow, so a
+        checkpoint trained at one resolution starts fine-tuning at another."""
+        self.backbone.set_image_size(size)
         self._make_processor()
 
     def add_llm_layers(self, n: int, seed: int = 0) -> None:
@@ -202,7 +186,7 @@ class Self1eModel(nn.Module):
         A trained small model then continues with more depth; the configs follow (saved with it)."""
         if n < 1:
             raise ValueError(f"add_llm_layers: n must be >= 1, got {n}")
-        lm = self.base.model.language_model
+        lm = self.backbone.language_model
         text = self.base.config.text_config
         types = list(getattr(text, "layer_types", None) or [])
         if types and any(t != "full_attention" for t in types):
@@ -224,7 +208,8 @@ class Self1eModel(nn.Module):
     # ---- construction ---------------------------------------------------------------------------
     @classmethod
     def from_base(cls, base, tokenizer, config: Self1eConfig | None = None) -> Self1eModel:
-        """Wrap an in-memory InternVL model; adds [SEG] and fresh mask heads."""
+        """Wrap an in-memory base model (a family of :mod:`self1e.model.backbones`); adds [SEG] and
+        fresh mask heads."""
         return cls(base, tokenizer, config or Self1eConfig())
 
     @classmethod
@@ -232,8 +217,8 @@ class Self1eModel(nn.Module):
                         dtype: torch.dtype | None = None, attn_implementation: str = "sdpa",
                         device: str | torch.device | None = None, new_head: bool = False,
                         quantization_config=None) -> Self1eModel:
-        """Load a self1e checkpoint folder (or ``"default"``): everything restored; or a plain InternVL
-        ``-hf`` folder: [SEG] added, embeddings resized, fresh heads attached.
+        """Load a self1e checkpoint folder (or ``"default"``): everything restored; or a plain ``-hf``
+        folder of a supported family: [SEG] added, embeddings resized, fresh heads attached.
 
         ``config``: None keeps the checkpoint's own SELF1E settings (the defaults for a plain folder);
         a mapping overrides single fields on top of them (``{"seg_attention": "causal"}``); a full
@@ -250,14 +235,14 @@ class Self1eModel(nn.Module):
         elif saved is not None:
             weights.load_head(model.head, path, settings.mask_head)
         else:
-            log.info("loaded a plain InternVL checkpoint from %s: added %s and fresh mask heads", path,
-                     settings.seg_token)
+            log.info("loaded a plain %s checkpoint from %s: added %s and fresh mask heads",
+                     model.backbone.model_type, path, settings.seg_token)
         if device is not None and quantization_config is None:  # a quantized base is loaded onto its device
             model.to(device)
         return model.eval()
 
     def save_pretrained(self, directory: str | Path) -> None:
-        """safetensors weights + InternVL config + tokenizer + our config (no pickle anywhere)."""
+        """safetensors weights + the base model's config + tokenizer + our config (no pickle anywhere)."""
         weights.save_folder(self.base, self.tokenizer, self.head, self.config, Path(directory))
 
     @property
@@ -270,39 +255,17 @@ class Self1eModel(nn.Module):
 
     # ---- features -------------------------------------------------------------------------------
     def encode_images(self, pixel_values: torch.Tensor, grids: list[tuple[int, int]]) -> ImageFeatures:
-        """ViT -> PS -> projector for all tiles, plus per-image stitched maps for the head.
-        pixel_values: (T, 3, S, S) tiles of the images whose tile grids are ``grids``."""
-        inner = self.base.model
-        cfg = self.base.config
-        out = inner.vision_tower(pixel_values=pixel_values.to(self.dtype),
-                                 output_hidden_states=cfg.vision_feature_layer != -1)
-        feats = out.last_hidden_state if cfg.vision_feature_layer == -1 else out.hidden_states[cfg.vision_feature_layer]
-        if cfg.vision_feature_select_strategy == "default":
-            feats = feats[:, 1:]
-        t, n, d = feats.shape
-        g = int(n**0.5)
-        f_v0 = feats.reshape(t, g, g, d)
-        f_v1 = inner.multi_modal_projector(pixel_shuffle(f_v0))  # (T, g/2, g/2, C)
-        tiles_per_image = [self.processor.n_tiles(grid) for grid in grids]
-        if sum(tiles_per_image) != t:
-            raise ValueError(f"pixel_values has {t} tiles but the grids {grids} need {sum(tiles_per_image)}")
-        maps_v1, maps_hq, start = [], [], 0
-        need_hq = self.head.needs_full_resolution
-        for grid, k in zip(grids, tiles_per_image):
-            sl = slice(start, start + grid[0] * grid[1])
-            maps_v1.append(stitch(f_v1[sl], grid))
-            maps_hq.append(stitch(project_replicated(inner.multi_modal_projector, f_v0[sl]), grid) if need_hq else None)
-            start += k
-        return ImageFeatures(f_v1.flatten(1, 2), list(grids), tiles_per_image, maps_v1, maps_hq)
+        """The vision side for the images whose layout grids are ``grids``: their LLM tokens and the
+        maps the head reads. pixel_values: the images' :class:`ImageInput` pixel values, concatenated."""
+        out = self.backbone.encode(pixel_values.to(self.dtype), list(grids), self.processor.image_layout,
+                                   self.head.needs_full_resolution)
+        return ImageFeatures(out.tokens, list(grids), out.f_v1, out.f_v1_hq, out.extras)
 
     def embed(self, input_ids: torch.Tensor, feats: ImageFeatures, image_index: torch.Tensor) -> torch.Tensor:
         """Token embeddings with each row's image tokens replaced by its image's features.
         input_ids: (B, L); image_index: (B,) image of each row in ``feats`` -> (B, L, C)."""
         embeds = self.base.get_input_embeddings()(input_ids)
-        starts = [0]
-        for k in feats.tiles_per_image:
-            starts.append(starts[-1] + k)
-        rows = [feats.tokens[starts[i]:starts[i + 1]].flatten(0, 1) for i in image_index.tolist()]
+        rows = [feats.tokens[i] for i in image_index.tolist()]
         image_pos = input_ids == self.image_token_id
         counts = image_pos.sum(1).tolist()
         for r, (row, c) in enumerate(zip(rows, counts)):
@@ -311,21 +274,24 @@ class Self1eModel(nn.Module):
         return embeds.masked_scatter(image_pos[..., None], torch.cat(rows).to(embeds.dtype))
 
     def _llm(self, embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-             bidirectional: bool, prefix: PrefixCache | None = None,
+             feats: ImageFeatures, image_index: torch.Tensor, bidirectional: bool, prefix: PrefixCache | None = None,
              answer_start: torch.Tensor | None = None) -> torch.Tensor:
         """The LLM's final-norm outputs (B, L, C). With ``prefix`` only the tokens after it run, on
         its cached keys and values; the mask and positions are the uncached pass's rows for them.
+        Positions are the backbone's (1D, or M-RoPE over the image's grid).
         ``answer_start``: isolate the objects of each answer (see :func:`seg_attention_mask`)."""
         mask = seg_attention_mask(input_ids, attention_mask, self.image_token_id, self.seg_token_id, embeds.dtype,
                                   bidirectional, answer_start)
-        positions = position_ids_from_mask(attention_mask)
-        lm = self.base.model.language_model
+        positions = self.backbone.positions(input_ids, attention_mask, feats.grids, image_index)
+        lm = self.backbone.language_model
         if prefix is None:
-            return lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                      use_cache=False).last_hidden_state
+            extra = self.backbone.llm_inputs(input_ids, feats.extras, image_index)
+            return lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False,
+                      **extra).last_hidden_state
         p, rows = prefix.length, embeds.shape[0]
-        out = lm(inputs_embeds=embeds[:, p:], attention_mask=mask[:, :, p:], position_ids=positions[:, p:],
-                 use_cache=True, **{_cache_kwarg(lm): prefix.expand(rows, lm.config)})
+        extra = self.backbone.llm_inputs(input_ids[:, p:], feats.extras, image_index)
+        out = lm(inputs_embeds=embeds[:, p:], attention_mask=mask[:, :, p:], position_ids=positions[..., p:],
+                 use_cache=True, **{_cache_kwarg(lm): prefix.expand(rows, lm.config)}, **extra)
         return torch.cat([prefix.hidden.expand(rows, -1, -1), out.last_hidden_state], 1)
 
     @property
@@ -348,12 +314,14 @@ class Self1eModel(nn.Module):
                              "expression)")
         ids = input_ids.reshape(1, -1).to(self.device)
         ones = torch.ones_like(ids)
-        embeds = self.embed(ids, feats, torch.tensor([image_index], device=self.device))
+        index = torch.tensor([image_index], device=self.device)
+        embeds = self.embed(ids, feats, index)
         mask = seg_attention_mask(ids, ones, self.image_token_id, self.seg_token_id, embeds.dtype, False)
-        lm = self.base.model.language_model
+        lm = self.backbone.language_model
         cache = DynamicCache(config=lm.config)
-        out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids_from_mask(ones),
-                 use_cache=True, **{_cache_kwarg(lm): cache})
+        out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=self.backbone.positions(ids, ones, feats.grids,
+                                                                                                 index),
+                 use_cache=True, **{_cache_kwarg(lm): cache}, **self.backbone.llm_inputs(ids, feats.extras, index))
         key_values = tuple((layer.keys, layer.values) for layer in cache.layers)
         return PrefixCache(ids[0], int(image_index), key_values, out.last_hidden_state)
 
@@ -383,7 +351,8 @@ class Self1eModel(nn.Module):
         embeds = self.embed(batch.input_ids, feats, batch.image_index)
         bidirectional = self.config.seg_attention == "bidirectional"
         isolate = batch.answer_start if self.config.isolate_objects else None
-        hidden = self._llm(embeds, batch.input_ids, batch.attention_mask, bidirectional, prefix, isolate)
+        hidden = self._llm(embeds, batch.input_ids, batch.attention_mask, feats, batch.image_index, bidirectional,
+                           prefix, isolate)
 
         has_labels = bool((batch.labels != IGNORE_INDEX).any())
         lm_logits = lm_loss = None
@@ -392,8 +361,8 @@ class Self1eModel(nn.Module):
             # and never isolated objects, so an answer's words are predicted from the whole answer.
             lm_bidirectional = bidirectional and not self.config.causal_lm_loss
             own_pass = lm_bidirectional != bidirectional or isolate is not None
-            lm_hidden = self._llm(embeds, batch.input_ids, batch.attention_mask, lm_bidirectional, prefix) \
-                if own_pass else hidden
+            lm_hidden = self._llm(embeds, batch.input_ids, batch.attention_mask, feats, batch.image_index,
+                                  lm_bidirectional, prefix) if own_pass else hidden
             if return_lm_logits:
                 lm_logits = self.base.lm_head(lm_hidden)
             if has_labels:  # the LM head only where a label is (exact; avoids B x L x V logits)
@@ -423,10 +392,7 @@ class Self1eModel(nn.Module):
         for r in seg_rows.tolist():
             i = int(batch.image_index[r])
             grid = feats.grids[i]
-            n = grid[0] * grid[1]
-            toks = hidden[r][image_pos[r]][: n * self.processor.tokens_per_tile]
-            side = self.processor.grid_side
-            f_img.append(stitch(toks.reshape(n, side, side, -1), grid))
+            f_img.append(self.processor.image_layout.token_map(hidden[r][image_pos[r]], grid))
             f_v1.append(feats.f_v1[i])
             f_hq.append(feats.f_v1_hq[i])
             grids.append(grid)
