@@ -112,7 +112,8 @@ def _set(sub: str | None, field: str, value):
 
 
 BAD_CONFIGS = {
-    "model_type": (_set(None, "model_type", "llava"), "field 'model_type' is 'llava', expected 'internvl'"),
+    "model_type": (_set(None, "model_type", "llava"),
+                   "field 'model_type' is 'llava'; supported backbones: internvl, qwen2_5_vl, qwen3_vl"),
     "model_type_number": (_set(None, "model_type", 5), "field 'model_type' is 5"),
     "text_config_string": (_set(None, "text_config", "abc"), "field 'text_config': expected an object"),
     "vision_config_list": (_set(None, "vision_config", []), "field 'vision_config': expected an object"),

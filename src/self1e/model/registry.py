@@ -17,11 +17,11 @@ from self1e.common.quantization import CPU_MODES, GPU_MODES, parse_quantize
 from self1e.model.config import Self1eConfig
 from self1e.model.quantize import bnb_config, check_target, quantize_int8
 from self1e.model.self1e import Self1eModel, resolve_settings
-from self1e.model.tiny import TINY_SPECS, build_tiny_base, build_tokenizer
+from self1e.model.tiny import QWEN_SPECIAL_TOKENS, build_tiny_base, build_tokenizer, tiny_names
 from self1e.model.weights import (
     RANDOM_PREFIX,
     TINY_PREFIX,
-    load_internvl_config,
+    load_base_config,
     model_names,
     resolve_model_path,
     saved_settings,
@@ -35,7 +35,7 @@ def _tiny_name(name_or_path: str | Path) -> str | None:
     if not name.startswith(TINY_PREFIX):
         return None
     tiny = name[len(TINY_PREFIX):]
-    if tiny not in TINY_SPECS:
+    if tiny not in tiny_names():
         raise ValueError(f"unknown model {name!r}; known names: {', '.join(model_names())}, or a checkpoint folder")
     return tiny
 
@@ -91,32 +91,40 @@ def load_model(name_or_path: str | Path, config: Self1eConfig | Mapping[str, Any
 
 
 def build_random_base(config_path: str, seed: int = 0, dtype: torch.dtype | None = None):
-    """A randomly initialised InternVL model at the shapes of a real checkpoint's ``config.json``
-    (a folder holding one, or the file itself) and the tiny tokenizer (without ``[SEG]``): the image
-    token id is remapped to the tokenizer's ``<IMG_CONTEXT>``, the vocabulary keeps the config's size.
+    """A randomly initialised model at the shapes of a real checkpoint's ``config.json`` (a folder
+    holding one, or the file itself; any supported family) and the tiny tokenizer (without ``[SEG]``):
+    the image token ids are remapped to the tokenizer's, the vocabulary keeps the config's size.
     ``dtype`` builds the weights directly in it (a 2B model in bfloat16 never exists in float32)."""
-    from transformers import InternVLForConditionalGeneration
-
+    from self1e.model.backbones import family
     from self1e.model.processing import IMG_CONTEXT
 
     path = Path(config_path)
     folder = path.parent if path.name == "config.json" else path
     if not (folder / "config.json").is_file():
-        raise ValueError(f"{RANDOM_PREFIX}{config_path}: no config.json there (expected an InternVL config.json or "
+        raise ValueError(f"{RANDOM_PREFIX}{config_path}: no config.json there (expected a model's config.json or "
                          "a folder holding one, e.g. configs/models/internvl3-2b-hf)")
-    config = load_internvl_config(folder)
-    tokenizer = build_tokenizer()
+    config = load_base_config(folder)
+    internvl = config.model_type == "internvl"
+    tokenizer = build_tokenizer(() if internvl else QWEN_SPECIAL_TOKENS)
     if config.text_config.vocab_size < len(tokenizer):
         raise ValueError(f"{folder / 'config.json'}: text_config.vocab_size {config.text_config.vocab_size} is below "
                          f"the tiny tokenizer's {len(tokenizer)} tokens")
-    config.image_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
+    if internvl:
+        config.image_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
+    else:
+        for field, token in zip(("vision_start_token_id", "vision_end_token_id", "image_token_id", "video_token_id"),
+                                QWEN_SPECIAL_TOKENS):
+            setattr(config, field, tokenizer.convert_tokens_to_ids(token))
     torch.manual_seed(seed)
-    base = InternVLForConditionalGeneration._from_config(config, dtype=dtype or torch.float32)
+    base = family(config.model_type).classes()[1]._from_config(config, dtype=dtype or torch.float32)
     return base.eval(), tokenizer
 
 
 def _quantized(model: Self1eModel, mode: str | None) -> Self1eModel:
     """``model`` converted to int8 (``int8``, ``int8-vit``) or marked as loaded by bitsandbytes."""
+    if mode is not None and model.backbone.model_type != "internvl":
+        raise ValueError(f"quantize={mode!r} is implemented for InternVL backbones only (its parts kept in float are "
+                         f"named for InternVL); this model is {model.backbone.model_type}: load it without quantize=")
     if mode in CPU_MODES:
         quantize_int8(model, mode)
     elif mode is not None:

@@ -1,8 +1,13 @@
-"""The tiny configuration family: random-init InternVL models and an offline tokenizer.
+"""The tiny configuration family: random-init models and an offline tokenizer.
 
 Tests, the demo, the shipped default model and the CPU benchmarks all build from here, so nothing
 is downloaded. The tokenizer is a word-level vocabulary covering RefShapes, the prompt templates and
-InternVL's special tokens; ``[SEG]`` is *not* in it: loading adds it, as for a real checkpoint.
+the backbone's special tokens; ``[SEG]`` is *not* in it: loading adds it, as for a real checkpoint.
+
+Names: a geometry of ``TINY_SPECS`` is an InternVL model (``tiny``, ``small``, ``small112``);
+``FAMILY`` or ``FAMILY-GEOMETRY`` (``qwen2_5_vl``, ``qwen3_vl-small112``) is another backbone
+family at that geometry (default ``tiny``): the same widths and depths, the same LLM tokens per
+image (images resized to ``image_size``² pixels, ``patch_size`` patches merged 2 x 2).
 """
 from __future__ import annotations
 
@@ -31,9 +36,13 @@ find show me give see user assistant system there's
 PUNCTUATION = list(".,?!:;'\"()-/")
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """A word-level tokenizer (lower-cased) for the tiny models; unknown words map to ``<unk>``."""
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + sorted(set(WORDS)) + PUNCTUATION)}
+QWEN_SPECIAL_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+
+
+def build_tokenizer(extra_special: tuple[str, ...] | list[str] = ()) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer (lower-cased) for the tiny models; unknown words map to ``<unk>``.
+    ``extra_special``: more special tokens (another family's image tokens), after all the others."""
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + sorted(set(WORDS)) + PUNCTUATION + list(extra_special))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -41,7 +50,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="<unk>", eos_token=IM_END, pad_token="<|endoftext|>"
     )
-    fast.add_tokens(SPECIAL_TOKENS[1:], special_tokens=True)
+    fast.add_tokens(SPECIAL_TOKENS[1:] + list(extra_special), special_tokens=True)
     return fast
 
 
@@ -90,13 +99,62 @@ def tiny_config(name: str = "tiny", vocab_size: int = 256, image_token_id: int =
     )
 
 
-def build_tiny_base(name: str = "tiny",
-                    seed: int = 0) -> tuple[InternVLForConditionalGeneration, PreTrainedTokenizerFast]:
-    """A randomly initialised InternVL model and its tokenizer (without ``[SEG]``)."""
+TINY_FAMILIES = ("qwen2_5_vl", "qwen3_vl")
+
+
+def tiny_names() -> list[str]:
+    """Every tiny model name (without the ``tiny:`` prefix)."""
+    return [*TINY_SPECS, *TINY_FAMILIES, *(f"{f}-{g}" for f in TINY_FAMILIES for g in TINY_SPECS if g != "tiny")]
+
+
+def qwen_vl_config(family: str, geometry: str, tokenizer):
+    """A Qwen2.5-VL or Qwen3-VL config of a tiny geometry (M-RoPE sections for its head size;
+    Qwen2.5-VL's windows smaller than the image, so its window reordering is exercised; Qwen3-VL
+    with one deepstack layer)."""
+    from transformers import Qwen2_5_VLConfig, Qwen3VLConfig
+
+    s = TINY_SPECS[geometry]
+    head_dim = s.text_hidden // s.text_heads
+    third = head_dim // 2 // 4
+    rope = {"rope_type": "default", "rope_theta": 10000.0,
+            "mrope_section": [head_dim // 2 - 2 * third, third, third]}
+    text = {"vocab_size": len(tokenizer), "hidden_size": s.text_hidden, "intermediate_size": 4 * s.text_hidden,
+            "num_hidden_layers": s.text_layers, "num_attention_heads": s.text_heads,
+            "num_key_value_heads": s.text_kv_heads, "max_position_embeddings": 2048, "head_dim": head_dim,
+            "tie_word_embeddings": False, "bos_token_id": None, "pad_token_id": tokenizer.pad_token_id,
+            "eos_token_id": tokenizer.convert_tokens_to_ids(IM_END)}
+    vision = {"depth": s.vision_layers, "hidden_size": s.vision_hidden, "intermediate_size": 4 * s.vision_hidden,
+              "num_heads": s.vision_heads, "patch_size": s.patch_size, "spatial_merge_size": 2,
+              "temporal_patch_size": 2, "out_hidden_size": s.text_hidden, "self1e_image_pixels": s.image_size**2}
+    ids = dict(zip(("vision_start_token_id", "vision_end_token_id", "image_token_id", "video_token_id"),
+                   tokenizer.convert_tokens_to_ids(QWEN_SPECIAL_TOKENS)))
+    if family == "qwen2_5_vl":
+        vision.update(window_size=4 * s.patch_size, fullatt_block_indexes=[s.vision_layers - 1])
+        return Qwen2_5_VLConfig(vision_config=vision, text_config={**text, "rope_parameters": rope},
+                                tie_word_embeddings=False, **ids)
+    side = s.image_size // s.patch_size
+    vision.update(num_position_embeddings=side * side, deepstack_visual_indexes=[0])
+    text["rope_parameters"] = {**rope, "mrope_interleaved": True}
+    return Qwen3VLConfig(vision_config=vision, text_config=text, tie_word_embeddings=False, **ids)
+
+
+def build_tiny_base(name: str = "tiny", seed: int = 0):
+    """A randomly initialised model of a tiny name (see the module docstring) and its tokenizer
+    (without ``[SEG]``)."""
     import torch
 
-    tokenizer = build_tokenizer()
-    config = tiny_config(name, vocab_size=len(tokenizer), image_token_id=tokenizer.convert_tokens_to_ids(IMG_CONTEXT))
+    if name in TINY_SPECS:
+        tokenizer = build_tokenizer()
+        image_token = tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
+        config = tiny_config(name, vocab_size=len(tokenizer), image_token_id=image_token)
+        torch.manual_seed(seed)
+        return InternVLForConditionalGeneration(config).eval(), tokenizer
+    family, _, geometry = name.partition("-")
+    if family not in TINY_FAMILIES or (geometry or "tiny") not in TINY_SPECS:
+        raise ValueError(f"unknown tiny model {name!r}; choose from {', '.join(tiny_names())}")
+    from self1e.model.backbones import family as backbone_family
+
+    tokenizer = build_tokenizer(QWEN_SPECIAL_TOKENS)
+    config = qwen_vl_config(family, geometry or "tiny", tokenizer)
     torch.manual_seed(seed)
-    model = InternVLForConditionalGeneration(config)
-    return model.eval(), tokenizer
+    return backbone_family(family).classes()[1](config).eval(), tokenizer

@@ -1,10 +1,11 @@
 """Checkpoint folders on disk: find them, read their parts, write them. Safetensors only, strict key
 checks, clear errors. Knows nothing of :class:`Self1eModel` (which builds on it).
 
-A self1e checkpoint folder = an InternVL ``-hf`` folder (config.json, model.safetensors, tokenizer
-files) + ``self1e_config.json`` + ``mask_head.safetensors``. ``default`` names the shipped model.
+A self1e checkpoint folder = a transformers ``-hf`` folder of a supported backbone family (InternVL,
+Qwen2.5-VL, Qwen3-VL: config.json, model.safetensors, tokenizer files) + ``self1e_config.json`` +
+``mask_head.safetensors``. ``default`` names the shipped model.
 
-Rules: ``config.json`` must be a JSON object of an ``internvl`` model whose fields have the right
+Rules: ``config.json`` must be a JSON object of a supported ``model_type`` whose fields have the right
 types and whose sizes are positive (errors name the file and the field); weights are read from
 safetensors only (a folder with only pickle weights, ``pytorch_model.bin`` / ``*.pt`` / ..., is
 refused before anything is loaded: a pickle can run code); the tokenizer of a self1e checkpoint
@@ -22,8 +23,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from self1e.model.backbones import family
 from self1e.model.config import CONFIG_NAME, Self1eConfig
-from self1e.model.tiny import TINY_SPECS
+from self1e.model.tiny import tiny_names
 
 HEAD_WEIGHTS = "mask_head.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -35,6 +37,12 @@ POSITIVE_FIELDS = {
     "vision_config": ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
                       "patch_size"),
 }
+# The same for the native-resolution families (their vision configs name the sizes differently).
+QWEN_POSITIVE_FIELDS = {
+    "text_config": POSITIVE_FIELDS["text_config"],
+    "vision_config": ("hidden_size", "intermediate_size", "depth", "num_heads", "patch_size", "spatial_merge_size",
+                      "out_hidden_size"),
+}
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_model"
 TINY_PREFIX = "tiny:"
 RANDOM_PREFIX = "random:"  # random:PATH, random weights at the shapes of PATH/config.json
@@ -42,7 +50,7 @@ RANDOM_PREFIX = "random:"  # random:PATH, random weights at the shapes of PATH/c
 
 def model_names() -> list[str]:
     """The names a model argument accepts besides a folder: the shipped model and the tiny family."""
-    return ["default", *(TINY_PREFIX + n for n in TINY_SPECS)]
+    return ["default", *(TINY_PREFIX + n for n in tiny_names())]
 
 
 def resolve_model_path(name_or_path: str | Path) -> Path:
@@ -62,7 +70,7 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
 
 
 def saved_settings(path: Path) -> Self1eConfig | None:
-    """The SELF1E settings a self1e checkpoint folder was saved with; None for a plain InternVL folder."""
+    """The SELF1E settings a self1e checkpoint folder was saved with; None for a plain ``-hf`` folder."""
     return Self1eConfig.load(path) if (path / CONFIG_NAME).is_file() else None
 
 
@@ -77,7 +85,8 @@ def _field_path(raw: dict[str, Any], name: str, message: str) -> str:
 
 
 def _check_sizes(config, file: Path) -> None:
-    for sub, names in POSITIVE_FIELDS.items():
+    fields = POSITIVE_FIELDS if config.model_type == "internvl" else QWEN_POSITIVE_FIELDS
+    for sub, names in fields.items():
         node = getattr(config, sub) if sub else config
         for name in names:
             value = getattr(node, name, None)
@@ -91,11 +100,9 @@ def _check_sizes(config, file: Path) -> None:
                          f"({vocab}), got {token!r}")
 
 
-def load_internvl_config(path: Path):
-    """The checked InternVL config of a model folder (see the module docstring); ValueError names
-    ``config.json`` and the field."""
-    from transformers import InternVLConfig
-
+def load_base_config(path: Path):
+    """The checked config of a model folder of a supported family (see the module docstring);
+    ValueError names ``config.json`` and the field."""
     try:
         from huggingface_hub.errors import StrictDataclassError
     except ImportError:  # an older huggingface_hub: transformers raises TypeError / ValueError itself
@@ -109,19 +116,18 @@ def load_internvl_config(path: Path):
         raise ValueError(f"cannot read {file}: {e.strerror or e}") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{file}: expected a JSON object of config fields, got {type(raw).__name__}")
-    if raw.get("model_type") != "internvl":
-        raise ValueError(f"{file}: field 'model_type' is {raw.get('model_type')!r}, expected 'internvl' "
-                         "(a transformers -hf checkpoint)")
+    backbone = family(raw.get("model_type"), str(file))
     for sub in ("text_config", "vision_config"):
         if not isinstance(raw.get(sub), dict):
             raise ValueError(f"{file}: field '{sub}': expected an object of fields, got {raw.get(sub)!r:.80}")
+    config_class, _ = backbone.classes()
     try:
-        config = InternVLConfig.from_pretrained(path)
+        config = config_class.from_pretrained(path)
     except (OSError, ValueError, TypeError, KeyError, AttributeError, StrictDataclassError) as e:
         message = " ".join(str(e).split())
         named = re.search(r"field '(\w+)'", message)
         where = f"field '{_field_path(raw, named.group(1), message)}': " if named else ""
-        raise ValueError(f"{file}: not a valid InternVL config: {where}{message}") from None
+        raise ValueError(f"{file}: not a valid {config_class.__name__}: {where}{message}") from None
     _check_sizes(config, file)
     return config
 
@@ -141,17 +147,17 @@ def check_weight_files(path: Path) -> None:
 
 def load_base(path: Path, dtype: torch.dtype | None, attn_implementation: str, quantization_config=None,
               device: str | torch.device | None = None):
-    """The InternVL model of a folder, loaded strictly (missing / unexpected / mismatched keys are
-    errors) from safetensors only. With ``quantization_config`` (bitsandbytes) the weights are
-    quantized as they load onto ``device`` (default ``cuda``); without, ``device`` is not used."""
-    from transformers import InternVLForConditionalGeneration
-
-    config = load_internvl_config(path)
+    """The base model of a folder (its family's transformers class), loaded strictly (missing /
+    unexpected / mismatched keys are errors) from safetensors only. With ``quantization_config``
+    (bitsandbytes) the weights are quantized as they load onto ``device`` (default ``cuda``);
+    without, ``device`` is not used."""
+    config = load_base_config(path)
+    _, model_class = family(config.model_type).classes()
     check_weight_files(path)
     quantized = {} if quantization_config is None else {
         "quantization_config": quantization_config, "device_map": {"": str(device or "cuda")}}
     try:
-        base, info = InternVLForConditionalGeneration.from_pretrained(
+        base, info = model_class.from_pretrained(
             path, config=config, dtype=dtype or torch.float32, attn_implementation=attn_implementation,
             output_loading_info=True, use_safetensors=True, **quantized)
     except (OSError, RuntimeError, SafetensorError, ValueError) as e:

@@ -87,9 +87,12 @@ class LoraSettings:
     alpha: int = 256  # scaling numerator (scale = alpha / r); the reference hard-wired 2r
     dropout: float = 0.05  # dropout on the adapters' input
     llm_targets: tuple[str, ...] = LLM_LORA_TARGETS  # Linear names inside the language model's layers
-    vit_targets: tuple[str, ...] = VIT_LORA_TARGETS  # Linear names inside the vision tower's layers
-    # Modules of the base model (names relative to InternVLForConditionalGeneration) trained in full
+    # Linear names inside the vision tower's layers; this default (InternVL's) means the backbone's own
+    # (Qwen2.5-VL: qkv, proj, gate_proj, up_proj, down_proj; Qwen3-VL: qkv, proj, linear_fc1, linear_fc2)
+    vit_targets: tuple[str, ...] = VIT_LORA_TARGETS
+    # Modules of the base model (names relative to its ...ForConditionalGeneration) trained in full
     # next to the adapters ("modules_to_save"); the SELF1E mask head always trains in full.
+    # "model.multi_modal_projector" stands for the backbone's compression (Qwen-VL: model.visual.merger).
     train_full: tuple[str, ...] = ("model.multi_modal_projector", "lm_head", "model.language_model.embed_tokens")
 
     def __post_init__(self) -> None:

@@ -13,8 +13,9 @@ from torch import nn
 from self1e.data.datasets import load_dataset
 from self1e.data.sample import Sample
 from self1e.model import Self1eModel, load_model
+from self1e.model.backbones import Backbone
 from self1e.train.batching import Source, TrainBatches, subsample_images
-from self1e.train.config import LoraSettings, TrainConfig
+from self1e.train.config import VIT_LORA_TARGETS, LoraSettings, TrainConfig
 
 
 def build_model(cfg: TrainConfig) -> Self1eModel:
@@ -30,15 +31,23 @@ def build_model(cfg: TrainConfig) -> Self1eModel:
     return model
 
 
-LORA_SCOPES = {  # config key -> the module names (of InternVLForConditionalGeneration) its targets are in
-    "llm_targets": r"model\.language_model\.layers\.\d+\..*\b",
-    "vit_targets": r"model\.vision_tower\.encoder\.layer\.\d+\..*\b",
-}
+def lora_scopes(backbone: Backbone) -> dict[str, str]:
+    """Config key -> the module names (of the base model) its targets are in."""
+    return {"llm_targets": backbone.llm_lora_scope, "vit_targets": backbone.vit_lora_scope}
 
 
-def lora_target_regex(lora: LoraSettings) -> str:
-    """A full-match regex over module names of InternVLForConditionalGeneration."""
-    parts = [scope + "(" + "|".join(getattr(lora, key)) + ")" for key, scope in LORA_SCOPES.items()
+def for_backbone(lora: LoraSettings, backbone: Backbone) -> LoraSettings:
+    """The settings with their InternVL defaults read for this backbone: the default ``vit_targets``
+    become the backbone's ViT Linear names, and ``model.multi_modal_projector`` in ``train_full``
+    its compression module (Qwen-VL: ``model.visual.merger``). Explicit values stay as they are."""
+    vit = backbone.vit_lora_targets if lora.vit_targets == VIT_LORA_TARGETS else lora.vit_targets
+    full = tuple(backbone.projector_path if n == "model.multi_modal_projector" else n for n in lora.train_full)
+    return dataclasses.replace(lora, vit_targets=vit, train_full=full)
+
+
+def lora_target_regex(lora: LoraSettings, backbone: Backbone) -> str:
+    """A full-match regex over module names of the base model."""
+    parts = [scope + "(" + "|".join(getattr(lora, key)) + ")" for key, scope in lora_scopes(backbone).items()
              if getattr(lora, key)]
     return "|".join(f"(?:{p})" for p in parts)
 
@@ -46,9 +55,10 @@ def lora_target_regex(lora: LoraSettings) -> str:
 def check_lora_targets(model: Self1eModel, lora: LoraSettings) -> dict[str, int]:
     """How many modules each LoRA target adapts; ValueError names every target that matches none
     (a typo, or a name of another architecture), which peft would skip without a word."""
+    lora = for_backbone(lora, model.backbone)
     names = [n for n, _ in model.base.named_modules()]
     counts, missing = {}, []
-    for key, scope in LORA_SCOPES.items():
+    for key, scope in lora_scopes(model.backbone).items():
         for target in getattr(lora, key):
             pattern = re.compile(scope + f"({target})")
             counts[f"{key}.{target}"] = n = sum(bool(pattern.fullmatch(name)) for name in names)
@@ -69,7 +79,8 @@ def configure_trainable(model: Self1eModel, lora: LoraSettings) -> list[nn.Param
     from peft import LoraConfig, inject_adapter_in_model
 
     check_lora_targets(model, lora)
-    regex = lora_target_regex(lora)
+    lora = for_backbone(lora, model.backbone)
+    regex = lora_target_regex(lora, model.backbone)
     if regex:
         config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=regex)
         inject_adapter_in_model(config, model.base)
