@@ -15,14 +15,49 @@ import time
 from pathlib import Path
 
 
-def main(argv: list[str] | None = None) -> int:
-    from self1e.data.datasets import load_dataset
+def train_and_measure(start: str, data: list[str], batch: int, steps: int, lr: float, run: Path, tests: dict,
+                      seed: int = 0) -> dict:
+    """Train ``start`` on the ``data`` mix (every parameter, no LoRA) and measure the final model:
+    VQA (exact match, answered without [SEG]), segmentation (cIoU, gIoU, N-acc, T-acc) and multi-object
+    requests on the held-out ``tests`` ({"vqa", "seg", "multi"} -> samples)."""
     from self1e.eval.chat import evaluate_chat
     from self1e.eval.evaluate import PredictorSource, evaluate
     from self1e.inference import Self1ePredictor
     from self1e.train.config import load_config
     from self1e.train.loop import train
 
+    cfg = load_config(None, [f"model={start}", "data=[" + ", ".join(data) + "]", f"batch_size={batch}",
+                             f"max_steps={steps}", f"lr={lr}", "warmup_steps=100", "val=null",
+                             "save_every=0", "eval_every=0", "lora.enabled=false", "cpu_threads=2",
+                             "expressions_per_image=3", f"out={run}", f"seed={seed}"])
+    began = time.time()
+    final = train(cfg)
+    minutes = (time.time() - began) / 60
+    predictor = Self1ePredictor.from_pretrained(final, device="cpu")
+    chat = evaluate_chat(predictor, vqa=tests["vqa"], progress=False)
+    seg = evaluate(PredictorSource(predictor), tests["seg"], batch_size=16, progress=False).metrics
+    multi = evaluate_chat(predictor, multi=tests["multi"], progress=False)["multi_object"]
+    return {"start": start, "steps": steps, "minutes": round(minutes, 1), "vqa": chat["vqa"],
+            "segmentation": {k: seg.get(k) for k in ("n", "cIoU", "gIoU", "N_acc", "T_acc")}, "multi_object": multi}
+
+
+def mixed_data(n: int, size: int) -> list[str]:
+    """The VQA + segmentation mix: half VQA, 35 % referring, 15 % multi-object requests (by ratio)."""
+    return [f"{{spec: 'refshapes-vqa:train:{n}:1:{size}', ratio: 0.5}}",
+            f"{{spec: 'refshapes:train:{n}:2:{size}', ratio: 0.35}}",
+            f"{{spec: 'refshapes-multi:train:{n // 3}:3:{size}', ratio: 0.15}}"]
+
+
+def held_out(n: int, size: int) -> dict:
+    """The held-out samples every run is measured on (seed 7)."""
+    from self1e.data.datasets import load_dataset
+
+    return {"vqa": load_dataset(f"refshapes-vqa:test:{n}:7:{size}"),
+            "seg": load_dataset(f"refshapes:test:{n}:7:{size}"),
+            "multi": load_dataset(f"refshapes-multi:test:{n // 3}:7:{size}")}
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--start", default="tiny:small112", help="the common starting model (default: %(default)s)")
     p.add_argument("--size", type=int, default=112, help="RefShapes canvas size (default: %(default)s)")
@@ -37,31 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     s, n = args.size, args.train_n
     mixes = {
         "vqa_only": ([f"{{spec: 'refshapes-vqa:train:{n}:1:{s}', ratio: 1.0}}"], args.batch),
-        "vqa_and_segmentation": ([f"{{spec: 'refshapes-vqa:train:{n}:1:{s}', ratio: 0.5}}",
-                                  f"{{spec: 'refshapes:train:{n}:2:{s}', ratio: 0.35}}",
-                                  f"{{spec: 'refshapes-multi:train:{n // 3}:3:{s}', ratio: 0.15}}"],
-                                 2 * args.batch),
+        "vqa_and_segmentation": (mixed_data(n, s), 2 * args.batch),
     }
-    vqa_test = load_dataset(f"refshapes-vqa:test:{args.test}:7:{s}")
-    seg_test = load_dataset(f"refshapes:test:{args.test}:7:{s}")
-    multi_test = load_dataset(f"refshapes-multi:test:{args.test // 3}:7:{s}")
+    tests = held_out(args.test, s)
     rows = []
     for name, (data, batch) in mixes.items():
-        run = Path(args.out) / name
-        cfg = load_config(None, [f"model={args.start}", "data=[" + ", ".join(data) + "]", f"batch_size={batch}",
-                                 f"max_steps={args.steps}", f"lr={args.lr}", "warmup_steps=100", "val=null",
-                                 "save_every=0", "eval_every=0", "lora.enabled=false", "cpu_threads=2",
-                                 "expressions_per_image=3", f"out={run}", "seed=0"])
-        start = time.time()
-        final = train(cfg)
-        minutes = (time.time() - start) / 60
-        predictor = Self1ePredictor.from_pretrained(final, device="cpu")
-        chat = evaluate_chat(predictor, vqa=vqa_test, progress=False)
-        seg = evaluate(PredictorSource(predictor), seg_test, batch_size=16, progress=False).metrics
-        multi = evaluate_chat(predictor, multi=multi_test, progress=False)["multi_object"]
-        rows.append({"run": name, "steps": args.steps, "minutes": round(minutes, 1), "vqa": chat["vqa"],
-                     "segmentation": {k: seg.get(k) for k in ("n", "cIoU", "gIoU", "N_acc", "T_acc")},
-                     "multi_object": multi})
+        row = train_and_measure(args.start, data, batch, args.steps, args.lr, Path(args.out) / name, tests)
+        rows.append({"run": name, **row})
         print(json.dumps(rows[-1]), flush=True)
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps({"args": vars(args), "runs": rows}, indent=2) + "\n")

@@ -208,3 +208,29 @@ def test_chat_masks_equal_predict_on_the_canonical_answer(model):
     causal.set_image(_image(60, 48))
     assert not np.allclose(causal.predict_torch(["the red circle"]).numpy(),
                            pred.predict_torch(["the red circle"]).numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", QWEN)
+def test_prefix_cache_and_image_size_on_native_resolution(name, tmp_path):
+    """A causal model's cached prompt prefix (M-RoPE positions sliced with it) gives the uncached
+    masks; set_image_size changes how large images are resized, and the checkpoint keeps it."""
+    m = load_model(name, {"seg_attention": "causal"}, seed=7)
+    assert m.supports_prefix_cache
+    image = _image(64, 48)
+    cached, plain = Self1ePredictor(m), Self1ePredictor(m, reuse_prefix=False)
+    for pred in (cached, plain):
+        pred.set_image(image)
+    texts = ["the red circle", "the blue star on the left"]
+    assert torch.allclose(cached.predict_torch(texts), plain.predict_torch(texts), atol=1e-5)
+    before = m.processor.image_input(image).grid
+    m.set_image_size(112)
+    after = m.processor.image_input(image).grid
+    assert after[0] * after[1] > 3 * before[0] * before[1]
+    m.save_pretrained(tmp_path / "big")
+    assert load_model(tmp_path / "big").processor.image_input(image).grid == after
+
+
+@pytest.mark.parametrize("name", QWEN)
+def test_quantization_is_refused_for_other_backbones(name):
+    with pytest.raises(ValueError, match="InternVL backbones only"):
+        load_model(name, quantize="int8")

@@ -1,10 +1,10 @@
-"""The InternVL3-2B recipe at its real shapes, on CPU: random weights built from the config.json
-shipped in ``configs/models/internvl3-2b-hf``, the recipe's LoRA (every target checked to exist),
-gradient checkpointing and two training steps in bfloat16. Prints trainable and total parameters
-and the peak memory of the process. Not part of ``make test`` (bfloat16 matrix products on a CPU
-without native bf16 take many minutes at these shapes): ``make test-realsize`` runs it and prints them,
-with the CPU's matrix-product speed in that dtype and in float32. ``SELF1E_REALSIZE_DTYPE=float32``
-runs the same steps in float32, for a CPU whose bfloat16 is too slow."""
+"""Each backbone's recipe at its real shapes, on CPU (InternVL3-2B, Qwen2.5-VL-3B, Qwen3-VL-2B):
+random weights built from the config.json shipped in ``configs/models/``, the recipe's LoRA (every
+target checked to exist), gradient checkpointing and two training steps in bfloat16. Prints trainable
+and total parameters and the peak memory of the process. Not part of ``make test`` (bfloat16 matrix
+products on a CPU without native bf16 take many minutes at these shapes): ``make test-realsize`` runs
+it and prints them, with the CPU's matrix-product speed in that dtype and in float32.
+``SELF1E_REALSIZE_DTYPE=float32`` runs the same steps in float32, for a CPU whose bfloat16 is too slow."""
 from __future__ import annotations
 
 import os
@@ -32,23 +32,36 @@ def matmul_gflops(dtype: torch.dtype) -> float:
     return 2 * 512 * 1536 * 8960 / (time.perf_counter() - start) / 1e9
 
 
+# recipe, model geometry folder, (ViT width, ViT layers, LLM width, LLM layers, vocabulary), parameters (billions)
+GEOMETRIES = {
+    "internvl3-2b": ("internvl3_2b.yaml", "internvl3-2b-hf", (1024, 24, 1536, 28, 151674), (2.0, 2.6)),
+    "qwen2.5-vl-3b": ("qwen2_5_vl_3b.yaml", "qwen2_5-vl-3b-instruct", (1280, 32, 2048, 36, 151936), (3.5, 4.0)),
+    "qwen3-vl-2b": ("qwen3_vl_2b.yaml", "qwen3-vl-2b-instruct", (1024, 24, 2048, 28, 151936), (1.9, 2.4)),
+}
+
+
+def vit_depth(vision_config) -> int:
+    return getattr(vision_config, "num_hidden_layers", None) or vision_config.depth
+
+
 @pytest.mark.slow
 @pytest.mark.realsize
-def test_internvl3_2b_recipe_two_lora_steps_in_bf16_on_cpu():
+@pytest.mark.parametrize("geometry", sorted(GEOMETRIES))
+def test_recipe_two_lora_steps_at_real_geometry_on_cpu(geometry):
+    recipe, folder, shapes, billions = GEOMETRIES[geometry]
     print(f"\nmatrix products on this CPU: {matmul_gflops(DTYPE):.1f} GFLOP/s in {str(DTYPE)[6:]}, "
           f"{matmul_gflops(torch.float32):.1f} in float32", flush=True)
-    cfg = load_config(ROOT / "configs" / "internvl3_2b.yaml",
-                      [f"model=random:{ROOT / 'configs' / 'models' / 'internvl3-2b-hf'}", "data=[refshapes:train:8:0]",
+    cfg = load_config(ROOT / "configs" / recipe,
+                      [f"model=random:{ROOT / 'configs' / 'models' / folder}", "data=[refshapes:train:8:0]",
                        "batch_size=1", "expressions_per_image=1", "num_workers=0", "val=null"])
     start = time.time()
     model = load_model(cfg.model, config=cfg.self1e, dtype=DTYPE)
     vit, llm = model.base.config.vision_config, model.base.config.text_config
-    assert (vit.hidden_size, vit.num_hidden_layers, llm.hidden_size, llm.num_hidden_layers, llm.vocab_size) == (
-        1024, 24, 1536, 28, 151674)  # the real shapes, not a tiny model
-    assert model.processor.image_size == 448
+    assert (vit.hidden_size, vit_depth(vit), llm.hidden_size, llm.num_hidden_layers, llm.vocab_size) == shapes
+    assert model.processor.image_size == 448  # a 448 px tile, or a square image resized to 448 x 448
     counts = check_lora_targets(model, cfg.lora)
-    assert counts == {**{f"llm_targets.{t}": 28 for t in cfg.lora.llm_targets},
-                      **{f"vit_targets.{t}": 24 for t in cfg.lora.vit_targets}}  # each target in every layer
+    assert counts == {**{f"llm_targets.{t}": shapes[3] for t in cfg.lora.llm_targets},
+                      **{f"vit_targets.{t}": shapes[1] for t in cfg.lora.vit_targets}}  # each target in every layer
     model.base.activation_checkpointing_enable({"use_reentrant": False})  # as the loop does
     trainable = configure_trainable(model, cfg.lora)
     model.train()
@@ -68,8 +81,7 @@ def test_internvl3_2b_recipe_two_lora_steps_in_bf16_on_cpu():
     assert all(p.dtype == DTYPE for p in model.parameters())
     n_train, n_all = sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters())
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"\nInternVL3-2B geometry, {str(DTYPE)[6:]}, LoRA r{cfg.lora.r}: {n_train / 1e6:.1f} M trainable of "
-          f"{n_all / 1e6:.1f} M "
-          f"parameters; losses {losses[0]:.3f}, {losses[1]:.3f}; peak memory {peak_gib:.1f} GiB; "
+    print(f"\n{geometry} geometry, {str(DTYPE)[6:]}, LoRA r{cfg.lora.r}: {n_train / 1e6:.1f} M trainable of "
+          f"{n_all / 1e6:.1f} M parameters; losses {losses[0]:.3f}, {losses[1]:.3f}; peak memory {peak_gib:.1f} GiB; "
           f"{time.time() - start:.0f} s")
-    assert 2.0e9 < n_all < 2.6e9 and 0 < n_train < n_all / 2  # LoRA + projector, embeddings, lm_head, head
+    assert billions[0] * 1e9 < n_all < billions[1] * 1e9 and 0 < n_train < n_all / 2
