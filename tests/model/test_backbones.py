@@ -234,3 +234,32 @@ def test_prefix_cache_and_image_size_on_native_resolution(name, tmp_path):
 def test_quantization_is_refused_for_other_backbones(name):
     with pytest.raises(ValueError, match="InternVL backbones only"):
         load_model(name, quantize="int8")
+
+
+@pytest.mark.parametrize("name", QWEN)
+def test_several_objects_follow_the_documented_rule(name):
+    """On M-RoPE backbones too: the first object's mask is the same with or without the second, and
+    (isolate_objects) the second's does not depend on how the first was named; without the rule it does."""
+    from self1e.model.processing import multi_answer
+
+    got = {}
+    for isolate in (True, False):
+        m = load_model(name, {"isolate_objects": isolate}, seed=8)
+        p = m.processor
+        image = p.image_input(_image(64, 48, seed=3))
+        n = p.n_tiles(image.grid)
+        question = p.seg_question("two shapes")
+        start = len(p.prompt(question, n))
+        for first in ("the red circle", "the green square"):
+            ids, lab = p.conversation(question, multi_answer([first, "the blue star"]), n)
+            one, _ = p.conversation(question, f"{first} is [SEG]", n, close=False)
+            rows = [(one, [-100] * len(one)), *p.rows_per_seg(ids, lab, start)]
+            batch = p.collate(rows, [image], [0] * len(rows), answer_starts=[start] * len(rows))
+            with torch.no_grad():
+                got[isolate, first] = m(batch).mask_logits
+    for isolate in (True, False):
+        alone, together = got[isolate, "the red circle"][0], got[isolate, "the red circle"][1]
+        assert torch.allclose(alone, together, atol=1e-5)  # the second object does not move the first
+    second = float((got[True, "the red circle"][2] - got[True, "the green square"][2]).abs().max())
+    leaky = float((got[False, "the red circle"][2] - got[False, "the green square"][2]).abs().max())
+    assert second < 1e-6 and leaky > max(20 * second, 1e-5), (second, leaky)
