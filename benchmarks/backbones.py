@@ -1,6 +1,7 @@
 """SELF1E on every backbone family at our scale: the same RefShapes budget on tiny InternVL-,
-Qwen2.5-VL- and Qwen3-VL-style models (the same widths, depths and LLM tokens per image, random
-initialisation, the RFA head under the segmentation mask), trained on the VQA + segmentation mix of
+Qwen2.5-VL-, Qwen3-VL- and SmolVLM-style models (the same widths, depths and image size, random
+initialisation, the RFA head under the segmentation mask; 16 LLM tokens per image for the first
+three, 4 for SmolVLM's pixel shuffle by 4), trained on the VQA + segmentation mix of
 ``vqa_preserved.py``; segmentation cIoU and VQA exact match side by side.
 
     python benchmarks/backbones.py --steps 3000
@@ -15,7 +16,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-FAMILIES = ("internvl", "qwen2_5_vl", "qwen3_vl")
+FAMILIES = ("internvl", "qwen2_5_vl", "qwen3_vl", "smolvlm")
 
 
 def start_of(family: str, geometry: str) -> str:

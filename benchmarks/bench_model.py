@@ -134,7 +134,7 @@ def build(geometry: str, dtype: torch.dtype) -> tuple[Self1eModel, Self1eModel, 
     pixels = np.random.default_rng(0).integers(0, 255, (p.image_size, p.image_size, 3), dtype=np.uint8)
     image = p.image_input(Image.fromarray(pixels))
     batch = p.segmentation_batch([image], [EXPRESSION]).to("cpu", dtype)
-    row = p.conversation(p.seg_question(EXPRESSION), INFERENCE_ANSWER, p.n_tiles(image.grid), close=False)
+    row = p.conversation(p.seg_question(EXPRESSION), INFERENCE_ANSWER, image.grid, close=False)
     labelled = p.collate([row], [image], [0]).to("cpu", dtype)
     if not torch.equal(batch.input_ids, labelled.input_ids):
         raise RuntimeError("segmentation_batch and conversation() disagree on the prompt")

@@ -16,7 +16,8 @@ from self1e.train.checkpoint import export_model
 from self1e.train.config import LoraSettings
 from self1e.train.setup import check_lora_targets, configure_trainable
 
-TINY = {"internvl": "tiny:tiny", "qwen2_5_vl": "tiny:qwen2_5_vl", "qwen3_vl": "tiny:qwen3_vl"}
+TINY = {"internvl": "tiny:tiny", "qwen2_5_vl": "tiny:qwen2_5_vl", "qwen3_vl": "tiny:qwen3_vl",
+        "smolvlm": "tiny:smolvlm"}
 QWEN = ["tiny:qwen2_5_vl", "tiny:qwen3_vl"]
 
 
@@ -30,7 +31,7 @@ def model(request):
 
 
 def test_every_family_has_a_tiny_model_in_the_registry():
-    assert set(FAMILIES) == set(TINY) and {f"tiny:{n}" for n in ("qwen2_5_vl", "qwen3_vl")} <= set(model_names())
+    assert set(FAMILIES) == set(TINY) and set(TINY.values()) <= set(model_names())
     for family, name in TINY.items():
         assert load_model(name).backbone.model_type == family
 
@@ -48,6 +49,16 @@ def test_self_replication_is_the_compression_of_a_replicated_grid(model):
             direct = model.base.model.multi_modal_projector(pixel_shuffle(grid))
             from self1e.model.pixel_shuffle import project_replicated
             folded = project_replicated(model.base.model.multi_modal_projector, patches)
+        elif b.model_type == "smolvlm":  # pixel shuffle by s = 4, then one Linear
+            s, d = b.factor, model.base.config.vision_config.hidden_size
+            patches = torch.randn(1, 2, 2, d)
+            grid = patches.repeat_interleave(s, 1).repeat_interleave(s, 2)  # (1, 8, 8, D)
+            direct = b.projector(grid.flatten(1, 2)).reshape(1, 2, 2, -1)
+            folded = b.replicated(patches)
+            # the connector's own pixel shuffle packs and orders blocks as ours does
+            x = torch.randn(2, 8, 8, d)
+            ours = pixel_shuffle(x, s).flatten(1, 2)
+            assert torch.equal(b.projector.pixel_shuffle(x.flatten(1, 2), s), ours)
         else:
             d = model.base.config.vision_config.hidden_size
             patches = torch.randn(12, d)
@@ -55,7 +66,7 @@ def test_self_replication_is_the_compression_of_a_replicated_grid(model):
             folded = b.replicated(patches)
     assert direct.shape == folded.shape and torch.allclose(direct, folded, atol=1e-5), (direct - folded).abs().max()
     # and a grid whose groups differ is not what self-replication gives (the test can fail)
-    if b.model_type != "internvl":
+    if b.model_type in ("qwen2_5_vl", "qwen3_vl"):
         mixed = b.projector(torch.randn(48, d))
         assert not torch.allclose(mixed, folded, atol=1e-3)
 
@@ -94,9 +105,11 @@ def test_lm_logits_are_the_base_models_own(model):
         ours = model(batch, return_lm_logits=True).lm_logits
         kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
                   "pixel_values": batch.pixel_values}
-        if model.backbone.model_type != "internvl":
+        if model.backbone.model_type in ("qwen2_5_vl", "qwen3_vl"):
             kwargs.update(image_grid_thw=model.backbone.grid_thw(batch.grids, "cpu"),
                           mm_token_type_ids=(batch.input_ids == model.image_token_id).int())
+        elif model.backbone.model_type == "smolvlm":  # (batch, images, 3, S, S)
+            kwargs["pixel_values"] = batch.pixel_values[None]
         theirs = model.base(**kwargs).logits
     assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
 
@@ -263,3 +276,35 @@ def test_several_objects_follow_the_documented_rule(name):
     second = float((got[True, "the red circle"][2] - got[True, "the green square"][2]).abs().max())
     leaky = float((got[False, "the red circle"][2] - got[False, "the green square"][2]).abs().max())
     assert second < 1e-6 and leaky > max(20 * second, 1e-5), (second, leaky)
+
+
+def test_smolvlm_sub_images_and_global_image():
+    """Several sub-images: the prompt lays them out as SmolVLM's processor does (row / column tokens,
+    newlines, the global image last), the LLM sees all of them (our logits are the base model's own on
+    that prompt), the head reads the sub-images stitched, and a cached prefix ends after the global image."""
+    m = load_model("tiny:smolvlm", {"max_tiles": 4, "seg_attention": "causal"}, seed=9)
+    p = m.processor
+    im = p.image_input(_image(100, 40))
+    rows, cols = im.grid
+    assert (rows, cols) == (1, 2) and im.pixel_values.shape[0] == 3  # two sub-images + the global image
+    text = p.tokenizer.decode(p.image_ids(im.grid))
+    assert text.index("<row_1_col_1>") < text.index("<row_1_col_2>") < text.index("<global-img>")
+    assert text.count("<image>") == 3 * p.tokens_per_tile
+    batch = p.segmentation_batch([im], ["the red circle"])
+    with torch.no_grad():
+        ours = m(batch, return_lm_logits=True)
+        theirs = m.base(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                        pixel_values=batch.pixel_values[None]).logits
+        feats = m.encode_images(batch.pixel_values, batch.grids)
+    assert torch.allclose(ours.lm_logits, theirs, atol=1e-4)
+    side = p.grid_side
+    assert feats.f_v1[0].shape[:2] == (rows * side, cols * side)
+    assert feats.f_v1_hq[0].shape[:2] == (rows * side * 4, cols * side * 4)  # alpha = 16
+    assert ours.mask_logits[0].shape == (rows * side * 16, cols * side * 16)
+    cached, plain = Self1ePredictor(m), Self1ePredictor(m, reuse_prefix=False)
+    for pred in (cached, plain):
+        pred.set_image(_image(100, 40))
+    assert torch.allclose(cached.predict_torch(["the red circle"]), plain.predict_torch(["the red circle"]),
+                          atol=1e-5)
+    assert cached._prefix is not None and int(cached._prefix.input_ids[-1]) == p.img_end_id
+    assert int((cached._prefix.input_ids == m.image_token_id).sum()) == 3 * p.tokens_per_tile

@@ -32,11 +32,13 @@ def matmul_gflops(dtype: torch.dtype) -> float:
     return 2 * 512 * 1536 * 8960 / (time.perf_counter() - start) / 1e9
 
 
-# recipe, model geometry folder, (ViT width, ViT layers, LLM width, LLM layers, vocabulary), parameters (billions)
+# recipe, model geometry folder, (ViT width, ViT layers, LLM width, LLM layers, vocabulary), parameters
+# (billions), image size (a tile, or a square image after resizing)
 GEOMETRIES = {
-    "internvl3-2b": ("internvl3_2b.yaml", "internvl3-2b-hf", (1024, 24, 1536, 28, 151674), (2.0, 2.6)),
-    "qwen2.5-vl-3b": ("qwen2_5_vl_3b.yaml", "qwen2_5-vl-3b-instruct", (1280, 32, 2048, 36, 151936), (3.5, 4.0)),
-    "qwen3-vl-2b": ("qwen3_vl_2b.yaml", "qwen3-vl-2b-instruct", (1024, 24, 2048, 28, 151936), (1.9, 2.4)),
+    "internvl3-2b": ("internvl3_2b.yaml", "internvl3-2b-hf", (1024, 24, 1536, 28, 151674), (2.0, 2.6), 448),
+    "qwen2.5-vl-3b": ("qwen2_5_vl_3b.yaml", "qwen2_5-vl-3b-instruct", (1280, 32, 2048, 36, 151936), (3.5, 4.0), 448),
+    "qwen3-vl-2b": ("qwen3_vl_2b.yaml", "qwen3-vl-2b-instruct", (1024, 24, 2048, 28, 151936), (1.9, 2.4), 448),
+    "smolvlm2-2.2b": ("smolvlm2_2b.yaml", "smolvlm2-2.2b-instruct", (1152, 27, 2048, 24, 49280), (2.0, 2.5), 384),
 }
 
 
@@ -48,7 +50,7 @@ def vit_depth(vision_config) -> int:
 @pytest.mark.realsize
 @pytest.mark.parametrize("geometry", sorted(GEOMETRIES))
 def test_recipe_two_lora_steps_at_real_geometry_on_cpu(geometry):
-    recipe, folder, shapes, billions = GEOMETRIES[geometry]
+    recipe, folder, shapes, billions, image_size = GEOMETRIES[geometry]
     print(f"\nmatrix products on this CPU: {matmul_gflops(DTYPE):.1f} GFLOP/s in {str(DTYPE)[6:]}, "
           f"{matmul_gflops(torch.float32):.1f} in float32", flush=True)
     cfg = load_config(ROOT / "configs" / recipe,
@@ -58,7 +60,7 @@ def test_recipe_two_lora_steps_at_real_geometry_on_cpu(geometry):
     model = load_model(cfg.model, config=cfg.self1e, dtype=DTYPE)
     vit, llm = model.base.config.vision_config, model.base.config.text_config
     assert (vit.hidden_size, vit_depth(vit), llm.hidden_size, llm.num_hidden_layers, llm.vocab_size) == shapes
-    assert model.processor.image_size == 448  # a 448 px tile, or a square image resized to 448 x 448
+    assert model.processor.image_size == image_size
     counts = check_lora_targets(model, cfg.lora)
     assert counts == {**{f"llm_targets.{t}": shapes[3] for t in cfg.lora.llm_targets},
                       **{f"vit_targets.{t}": shapes[1] for t in cfg.lora.vit_targets}}  # each target in every layer
@@ -85,3 +87,30 @@ def test_recipe_two_lora_steps_at_real_geometry_on_cpu(geometry):
           f"{n_all / 1e6:.1f} M parameters; losses {losses[0]:.3f}, {losses[1]:.3f}; peak memory {peak_gib:.1f} GiB; "
           f"{time.time() - start:.0f} s")
     assert billions[0] * 1e9 < n_all < billions[1] * 1e9 and 0 < n_train < n_all / 2
+
+
+@pytest.mark.parametrize("geometry", sorted(GEOMETRIES))
+def test_recipe_lora_targets_and_train_full_exist_at_real_geometry(geometry):
+    """Without weights (the model built on the meta device, seconds): every LoRA target of the recipe
+    adapts a module in every layer of the real model, and every train_full module exists."""
+    import re
+
+    from self1e.model.backbones import family
+    from self1e.model.weights import load_base_config
+    from self1e.train.setup import for_backbone, lora_scopes
+
+    recipe, folder, shapes, billions, _ = GEOMETRIES[geometry]
+    config = load_base_config(ROOT / "configs" / "models" / folder)
+    adapter = family(config.model_type)
+    with torch.device("meta"):
+        base = adapter.classes()[1](config)
+    backbone = adapter(base)
+    lora = for_backbone(load_config(ROOT / "configs" / recipe, []).lora, backbone)
+    names = [n for n, _ in base.named_modules()]
+    for key, scope in lora_scopes(backbone).items():
+        layers = shapes[3] if key == "llm_targets" else shapes[1]
+        for target in getattr(lora, key):
+            pattern = re.compile(scope + f"({target})")
+            assert sum(bool(pattern.fullmatch(n)) for n in names) == layers, (key, target)
+    assert set(lora.train_full) <= set(names)
+    assert billions[0] * 1e9 < sum(p.numel() for p in base.parameters()) < billions[1] * 1e9

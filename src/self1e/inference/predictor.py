@@ -225,7 +225,7 @@ class Self1ePredictor:
             ends = (batch.input_ids[0] == self.processor.img_end_id).nonzero()
             if len(ends) == 0:
                 return None
-            self._prefix = self.model.encode_prefix(batch.input_ids[0, : int(ends[0]) + 1], self._current()[1])
+            self._prefix = self.model.encode_prefix(batch.input_ids[0, : int(ends[-1]) + 1], self._current()[1])
         return self._prefix if self._prefix.matches(batch) else None
 
     # ---- segmentation ---------------------------------------------------------------------------
@@ -296,9 +296,9 @@ class Self1ePredictor:
         image, feats = self._current()
         check_texts([request, *phrases])
         p = self.processor
-        question, n_tiles = p.seg_question(request), p.n_tiles(image.grid)
-        ids, _ = p.conversation(question, multi_answer(phrases), n_tiles, close=False)
-        start = len(p.prompt(question, n_tiles))
+        question = p.seg_question(request)
+        ids, _ = p.conversation(question, multi_answer(phrases), image.grid, close=False)
+        start = len(p.prompt(question, image.grid))
         rows = p.rows_per_seg(ids, [IGNORE_INDEX] * len(ids), start=start)  # no labels: no LM pass
         return self._masks_for_rows(rows, list(phrases), start)
 
@@ -331,7 +331,7 @@ class Self1ePredictor:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         p, model = self.processor, self.model
         history = [dict(turn) for turn in (history or [])]
-        prompt = p.prompt(message, p.n_tiles(image.grid), history)
+        prompt = p.prompt(message, image.grid, history)
         input_ids = torch.tensor([prompt], device=self.device)
         embeds = model.embed(input_ids, feats, torch.zeros(1, dtype=torch.long, device=self.device))
         stop = [i for i in (p.tokenizer.convert_tokens_to_ids(IM_END), p.tokenizer.eos_token_id) if i is not None]

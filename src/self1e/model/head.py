@@ -1,7 +1,9 @@
 """The SELF1E mask head: RFR, RFA, the [SEG] transform and the scaled dot product.
 
-Shapes: N rows (one [SEG] each), LLM token grid (h, w), ViT patch grid (2h, 2w), hidden size C.
-The ablation ladder is one class with a ``rung``; only the modules a rung uses are created.
+Shapes: N rows (one [SEG] each), LLM token grid (h, w), ViT patch grid (f h, f w) for a backbone
+that compresses f x f patches into one token (``factor``: 2 for InternVL and Qwen-VL, 2 to 4 for
+SmolVLM; alpha = f²), hidden size C. The ablation ladder is one class with a ``rung``; only the
+modules a rung uses are created.
 """
 from __future__ import annotations
 
@@ -30,15 +32,15 @@ class Mlp(nn.Module):
         return self.net[1](self.net[0](x))
 
 
-def upsample2(x: torch.Tensor) -> torch.Tensor:
-    """Bilinear x2 on channels-last grids. (N, H, W, C) -> (N, 2H, 2W, C)."""
-    y = F.interpolate(x.permute(0, 3, 1, 2), scale_factor=2, mode="bilinear", align_corners=False)
+def upsample(x: torch.Tensor, factor: int = 2) -> torch.Tensor:
+    """Bilinear x``factor`` on channels-last grids. (N, H, W, C) -> (N, f H, f W, C)."""
+    y = F.interpolate(x.permute(0, 3, 1, 2), scale_factor=factor, mode="bilinear", align_corners=False)
     return y.permute(0, 2, 3, 1)
 
 
 @dataclass
 class HeadOutput:
-    """logits: (N, H, W) main mask logits; aux_logits: (N, H/2, W/2) for rfa, else None."""
+    """logits: (N, H, W) main mask logits; aux_logits: (N, H/f, W/f) for rfa, else None."""
 
     logits: torch.Tensor
     aux_logits: torch.Tensor | None
@@ -47,15 +49,16 @@ class HeadOutput:
 class MaskHead(nn.Module):
     """Mask logits from image features and the [SEG] state (no sigmoid)."""
 
-    def __init__(self, hidden_size: int, rung: str = "rfa") -> None:
+    def __init__(self, hidden_size: int, rung: str = "rfa", factor: int = 2) -> None:
         super().__init__()
         self.rung = rung
+        self.factor = factor
         self.scale = 1.0 / math.sqrt(hidden_size)
         c = hidden_size
         self.g = Mlp(c, c)
         if rung == "rfa":
-            self.f_pus = Mlp(c, 4 * c)
-            self.f_pus_llm = Mlp(c, 4 * c)
+            self.f_pus = Mlp(c, factor * factor * c)
+            self.f_pus_llm = Mlp(c, factor * factor * c)
 
     @property
     def needs_full_resolution(self) -> bool:
@@ -66,7 +69,7 @@ class MaskHead(nn.Module):
         """F'_SEG. h_seg: (N, C) -> (N, C)."""
         if self.rung == "rfa":
             n, c = h_seg.shape
-            h_seg = self.f_pus_llm(h_seg).reshape(n, 4, c).mean(1)  # mean of the 4 PUS sub-vectors
+            h_seg = self.f_pus_llm(h_seg).reshape(n, self.factor**2, c).mean(1)  # mean of the f² PUS sub-vectors
         return self.g(h_seg)
 
     def image_features(
@@ -75,18 +78,19 @@ class MaskHead(nn.Module):
         """Per-pixel features before ``g``: (N, H, W, C), and for rfa the aux features (N, H/2, W/2, C).
 
         f_img: (N, h, w, C) LLM states at image tokens; f_v1: (N, h, w, C) projector output;
-        f_v1_hq: (N, 2h, 2w, C) self-replicated full-resolution projector output.
+        f_v1_hq: (N, f h, f w, C) self-replicated full-resolution projector output.
         """
+        f = self.factor
         if self.rung == "compressed":
             return f_img, None
         if self.rung == "hq":
             return f_v1_hq, None
         if self.rung == "rfr":
-            return f_v1_hq + upsample2(f_img - f_v1), None
-        llm_side = pixel_unshuffle(self.f_pus_llm(f_img))  # (N, 2h, 2w, C)
-        f_rfa = llm_side - pixel_unshuffle(self.f_pus(f_v1))
-        uncompressed = pixel_unshuffle(self.f_pus(f_v1_hq))  # (N, 4h, 4w, C)
-        return uncompressed + upsample2(f_rfa), llm_side
+            return f_v1_hq + upsample(f_img - f_v1, f), None
+        llm_side = pixel_unshuffle(self.f_pus_llm(f_img), f)  # (N, f h, f w, C)
+        f_rfa = llm_side - pixel_unshuffle(self.f_pus(f_v1), f)
+        uncompressed = pixel_unshuffle(self.f_pus(f_v1_hq), f)  # (N, f² h, f² w, C)
+        return uncompressed + upsample(f_rfa, f), llm_side
 
     def dot_g(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """<g(x), s> / sqrt(C) with g's last Linear folded onto the [SEG] side (exact rewrite):

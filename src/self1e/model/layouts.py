@@ -71,11 +71,13 @@ class TileLayout:
     thumbnail's tokens only reach it through the LLM."""
 
     open_token, context_token, close_token = "<img>", "<IMG_CONTEXT>", "</img>"
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
 
-    def __init__(self, image_size: int, patch_size: int, max_tiles: int = 1, use_thumbnail: bool = True) -> None:
+    def __init__(self, image_size: int, patch_size: int, max_tiles: int = 1, use_thumbnail: bool = True,
+                 factor: int = 2) -> None:
         self.image_size, self.patch_size = image_size, patch_size
         self.max_tiles, self.use_thumbnail = max_tiles, use_thumbnail
-        self.grid_side = image_size // patch_size // 2  # LLM tokens per tile side
+        self.grid_side = image_size // patch_size // factor  # LLM tokens per tile side
 
     @property
     def tokens_per_tile(self) -> int:
@@ -88,12 +90,17 @@ class TileLayout:
         tiles = [big.crop((c * s, r * s, (c + 1) * s, (r + 1) * s)) for r in range(rows) for c in range(cols)]
         if self.use_thumbnail and len(tiles) > 1:
             tiles.append(im.resize((s, s), Image.BICUBIC))
-        return ImageInput(torch.stack([normalise(t, IMAGENET_MEAN, IMAGENET_STD) for t in tiles]), (rows, cols),
-                          im.size)
+        return ImageInput(torch.stack([normalise(t, self.mean, self.std) for t in tiles]), (rows, cols), im.size)
 
     def n_tiles(self, grid: tuple[int, int]) -> int:
         n = grid[0] * grid[1]
         return n + 1 if self.use_thumbnail and n > 1 else n
+
+    def block(self, image: tuple[int, int] | int) -> list[str]:
+        """The image's tokens in a prompt, for its grid or its number of tiles: the opening token, the
+        context token once per LLM image token, the closing token."""
+        n = image if isinstance(image, int) else self.n_tiles(image)
+        return [self.open_token, *[self.context_token] * (n * self.tokens_per_tile), self.close_token]
 
     def token_map(self, states: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """The LLM's states at one image's tokens (n, C) -> the (rows*side, cols*side, C) map of its
@@ -135,6 +142,10 @@ class NativeLayout:
     def n_tiles(self, grid: tuple[int, int]) -> int:
         return grid[0] * grid[1] // self.merge**2
 
+    def block(self, image: tuple[int, int] | int) -> list[str]:
+        n = image if isinstance(image, int) else self.n_tiles(image)
+        return [self.open_token, *[self.context_token] * n, self.close_token]
+
     def token_map(self, states: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """(n, C) states at one image's tokens -> (rows / merge, cols / merge, C)."""
         return states.reshape(grid[0] // self.merge, grid[1] // self.merge, -1)
@@ -144,3 +155,33 @@ class NativeLayout:
         m = self.merge
         r, c = grid[0] // m, grid[1] // m
         return patches.reshape(r, c, m, m, -1).permute(0, 2, 1, 3, 4).reshape(grid[0], grid[1], -1)
+
+
+class SubImageLayout(TileLayout):
+    """SmolVLM (Idefics3): sub-images of ``image_size`` (InternVL's aspect-ratio grid of up to
+    ``max_tiles``) followed by a downscaled global image whenever there are several; a single tile
+    is the whole image, as the global image alone. Each sub-image is ``(image_size / patch / factor)²``
+    tokens after ``<fake_token_around_image><row_r_col_c>``, a newline after each row of sub-images,
+    then ``\\n<fake_token_around_image><global-img>``, its tokens and ``<fake_token_around_image>``.
+    The head reads the sub-images, stitched; the global image reaches it only through the LLM."""
+
+    open_token = close_token = "<fake_token_around_image>"
+    context_token, global_token = "<image>", "<global-img>"
+    mean = std = (0.5, 0.5, 0.5)
+
+    def block(self, image: tuple[int, int] | int) -> list[str]:
+        if isinstance(image, int):
+            if image != 1:
+                raise ValueError(f"a SmolVLM image block needs its sub-image grid, not a count ({image})")
+            image = (1, 1)
+        rows, cols = image
+        tokens = [self.context_token] * self.tokens_per_tile
+        glob = [self.open_token, self.global_token, *tokens, self.close_token]
+        if rows * cols == 1:
+            return glob
+        pieces: list[str] = []
+        for r in range(rows):
+            for c in range(cols):
+                pieces += [self.open_token, f"<row_{r + 1}_col_{c + 1}>", *tokens]
+            pieces.append("\n")
+        return [*pieces, "\n", *glob]

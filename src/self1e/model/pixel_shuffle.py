@@ -11,22 +11,23 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def pixel_shuffle(x: torch.Tensor) -> torch.Tensor:
-    """Space-to-depth. x: (N, H, W, D) -> (N, H/2, W/2, 4D)."""
+def pixel_shuffle(x: torch.Tensor, factor: int = 2) -> torch.Tensor:
+    """Space-to-depth. x: (N, H, W, D) -> (N, H/f, W/f, f²D), channel block ``f * row + col``."""
     n, h, w, d = x.shape
-    if h % 2 or w % 2:
-        raise ValueError(f"pixel_shuffle needs an even grid, got {h}x{w}")
-    x = x.reshape(n, h // 2, 2, w // 2, 2, d).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(n, h // 2, w // 2, 4 * d)
+    if h % factor or w % factor:
+        raise ValueError(f"pixel_shuffle needs a grid divisible by {factor}, got {h}x{w}")
+    x = x.reshape(n, h // factor, factor, w // factor, factor, d).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(n, h // factor, w // factor, factor * factor * d)
 
 
-def pixel_unshuffle(y: torch.Tensor) -> torch.Tensor:
-    """Depth-to-space, the exact inverse of :func:`pixel_shuffle`. y: (N, h, w, 4C) -> (N, 2h, 2w, C)."""
+def pixel_unshuffle(y: torch.Tensor, factor: int = 2) -> torch.Tensor:
+    """Depth-to-space, the exact inverse of :func:`pixel_shuffle`. y: (N, h, w, f²C) -> (N, f h, f w, C)."""
     n, h, w, c4 = y.shape
-    if c4 % 4:
-        raise ValueError(f"pixel_unshuffle needs channels divisible by 4, got {c4}")
-    y = y.reshape(n, h, w, 2, 2, c4 // 4).permute(0, 1, 3, 2, 4, 5)
-    return y.reshape(n, 2 * h, 2 * w, c4 // 4)
+    if c4 % (factor * factor):
+        raise ValueError(f"pixel_unshuffle needs channels divisible by {factor * factor}, got {c4}")
+    c = c4 // (factor * factor)
+    y = y.reshape(n, h, w, factor, factor, c).permute(0, 1, 3, 2, 4, 5)
+    return y.reshape(n, factor * h, factor * w, c)
 
 
 def self_replicate(x: torch.Tensor) -> torch.Tensor:

@@ -114,6 +114,7 @@ class Self1eProcessor:
         self.tokenizer = tokenizer
         self._token_cache: dict[tuple[bool, int, str], list[int]] = {}
         self._layout_cache: dict[tuple[str, ...], list[str] | None] = {}
+        self._image_cache: dict[tuple, list[int]] = {}
         self.format = prompt_format or PromptFormat()
         self.template_chars = template_chars(self.format)
         self.image_layout = layout or TileLayout(image_size, patch_size, max_tiles, use_thumbnail)
@@ -225,12 +226,28 @@ class Self1eProcessor:
     def seg_token_id(self) -> int:
         return self.tokenizer.convert_tokens_to_ids(self.seg_token)
 
-    def prompt(self, question: str, n_tiles: int, history: Sequence[Mapping[str, str]] = ()) -> list[int]:
+    def image_ids(self, image: tuple[int, int] | int) -> list[int]:
+        """The token ids of one image in a prompt: its layout's block (:meth:`~self1e.model.layouts.TileLayout.block`)
+        for the image's layout ``grid``, or for a number of image units (tiles). The block's special
+        tokens are tokens; any other piece of it (SmolVLM's newlines) is text."""
+        key = (image, len(self.tokenizer))
+        ids = self._image_cache.get(key)
+        if ids is None:
+            vocab = self.tokenizer.get_vocab()
+            ids = []
+            for piece in self.image_layout.block(image):
+                ids += [vocab[piece]] if piece in vocab else self._encode(piece)
+            self._image_cache[key] = ids
+        return list(ids)
+
+    def prompt(self, question: str, image: tuple[int, int] | int,
+               history: Sequence[Mapping[str, str]] = ()) -> list[int]:
         """Token ids of a conversation up to the assistant's turn, in the checkpoint's prompt format
         (its system turn, if any): the image sits in the first user turn; ``history`` holds earlier
         turns as ``{"role": "user" | "assistant", "content": str}``. Every user turn is checked
         against ``MAX_TEXT_CHARS`` plus the format's template characters before anything is
-        tokenised (ValueError). See :meth:`layout` for how the turns are laid out."""
+        tokenised (ValueError). ``image``: the image's layout grid (``ImageInput.grid``), or its number
+        of tiles. See :meth:`layout` for how the turns are laid out."""
         turns = [*history, {"role": "user", "content": question}]
         for k, turn in enumerate(turns):
             if turn["role"] not in ("user", "assistant"):
@@ -241,13 +258,13 @@ class Self1eProcessor:
                 what = "the message" if k == len(turns) - 1 else f"history turn {k} (user)"
                 check_text(turn["content"], what, MAX_TEXT_CHARS + self.template_chars)
         system = [{"role": "system", "content": self.format.system}] if self.format.system else []
-        image = [self.img_start_id] + [self.img_context_id] * (n_tiles * self.tokens_per_tile) + [self.img_end_id]
+        image_ids = self.image_ids(image)
         ids: list[int] = []
         for kind, value in self.layout([*system, *turns]):
             if kind == "template":
                 ids += self._encode(value)
             elif kind == "image":
-                ids += image
+                ids += image_ids
             else:  # a turn's content: user and system text stay plain text, answers keep [SEG]
                 ids += self.encode_answer(value) if kind == "assistant" else self.encode_text(value)
         return ids
@@ -313,12 +330,13 @@ class Self1eProcessor:
             return None
         return parts
 
-    def conversation(self, question: str, answer: str | Sequence[str] | None, n_tiles: int, close: bool = True,
+    def conversation(self, question: str, answer: str | Sequence[str] | None, image: tuple[int, int] | int,
+                     close: bool = True,
                      answer_is_text: bool = False) -> tuple[list[int], list[int]]:
         """Token ids and labels for one user turn with the image and an optional assistant answer.
         Labels cover only the answer (and its end-of-turn when ``close``). ``answer_is_text``: the
         answer comes from a dataset (a VQA answer), so even ``[SEG]`` in it stays plain text."""
-        prompt = self.prompt(question, n_tiles)
+        prompt = self.prompt(question, image)
         if answer is None:
             return prompt, [IGNORE_INDEX] * len(prompt)
         ans = self.encode_text(answer) if answer_is_text else self.encode_answer(answer)
@@ -379,7 +397,6 @@ class Self1eProcessor:
         image_index = list(range(len(texts))) if image_index is None else list(image_index)
         rows = []
         for t, i in zip(texts, image_index):
-            n_tiles = self.n_tiles(images[i].grid)
-            ids, _ = self.conversation(self.seg_question(t), self.format.inference_answer, n_tiles, close=False)
+            ids, _ = self.conversation(self.seg_question(t), self.format.inference_answer, images[i].grid, close=False)
             rows.append((ids, [IGNORE_INDEX] * len(ids)))  # no LM loss: inference needs neither it nor LM logits
         return self.collate(rows, images, image_index)

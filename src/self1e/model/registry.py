@@ -17,7 +17,7 @@ from self1e.common.quantization import CPU_MODES, GPU_MODES, parse_quantize
 from self1e.model.config import Self1eConfig
 from self1e.model.quantize import bnb_config, check_target, quantize_int8
 from self1e.model.self1e import Self1eModel, resolve_settings
-from self1e.model.tiny import QWEN_SPECIAL_TOKENS, build_tiny_base, build_tokenizer, tiny_names
+from self1e.model.tiny import build_tiny_base, point_image_tokens, tiny_names, tokenizer_for
 from self1e.model.weights import (
     RANDOM_PREFIX,
     TINY_PREFIX,
@@ -96,7 +96,6 @@ def build_random_base(config_path: str, seed: int = 0, dtype: torch.dtype | None
     the image token ids are remapped to the tokenizer's, the vocabulary keeps the config's size.
     ``dtype`` builds the weights directly in it (a 2B model in bfloat16 never exists in float32)."""
     from self1e.model.backbones import family
-    from self1e.model.processing import IMG_CONTEXT
 
     path = Path(config_path)
     folder = path.parent if path.name == "config.json" else path
@@ -104,17 +103,11 @@ def build_random_base(config_path: str, seed: int = 0, dtype: torch.dtype | None
         raise ValueError(f"{RANDOM_PREFIX}{config_path}: no config.json there (expected a model's config.json or "
                          "a folder holding one, e.g. configs/models/internvl3-2b-hf)")
     config = load_base_config(folder)
-    internvl = config.model_type == "internvl"
-    tokenizer = build_tokenizer(() if internvl else QWEN_SPECIAL_TOKENS)
+    tokenizer = tokenizer_for(config.model_type)
     if config.text_config.vocab_size < len(tokenizer):
         raise ValueError(f"{folder / 'config.json'}: text_config.vocab_size {config.text_config.vocab_size} is below "
                          f"the tiny tokenizer's {len(tokenizer)} tokens")
-    if internvl:
-        config.image_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
-    else:
-        for field, token in zip(("vision_start_token_id", "vision_end_token_id", "image_token_id", "video_token_id"),
-                                QWEN_SPECIAL_TOKENS):
-            setattr(config, field, tokenizer.convert_tokens_to_ids(token))
+    point_image_tokens(config, tokenizer)
     torch.manual_seed(seed)
     base = family(config.model_type).classes()[1]._from_config(config, dtype=dtype or torch.float32)
     return base.eval(), tokenizer

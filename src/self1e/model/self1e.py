@@ -155,7 +155,7 @@ class Self1eModel(nn.Module):
         self.image_token_id = self.backbone.image_token_id
         # None, or the quantize mode the weights were loaded / converted with (self1e.model.quantize)
         self.quantization: str | None = None
-        self.head = MaskHead(base.config.text_config.hidden_size, config.mask_head)
+        self.head = MaskHead(base.config.text_config.hidden_size, config.mask_head, self.backbone.factor)
         self.head.to(device=emb.weight.device, dtype=emb.weight.dtype)
         self._make_processor()
 

@@ -37,6 +37,8 @@ PUNCTUATION = list(".,?!:;'\"()-/")
 
 
 QWEN_SPECIAL_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+SMOLVLM_SPECIAL_TOKENS = ["<fake_token_around_image>", "<image>", "<global-img>",
+                          *(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7))]
 
 
 def build_tokenizer(extra_special: tuple[str, ...] | list[str] = ()) -> PreTrainedTokenizerFast:
@@ -99,7 +101,7 @@ def tiny_config(name: str = "tiny", vocab_size: int = 256, image_token_id: int =
     )
 
 
-TINY_FAMILIES = ("qwen2_5_vl", "qwen3_vl")
+TINY_FAMILIES = ("qwen2_5_vl", "qwen3_vl", "smolvlm")
 
 
 def tiny_names() -> list[str]:
@@ -126,16 +128,50 @@ def qwen_vl_config(family: str, geometry: str, tokenizer):
     vision = {"depth": s.vision_layers, "hidden_size": s.vision_hidden, "intermediate_size": 4 * s.vision_hidden,
               "num_heads": s.vision_heads, "patch_size": s.patch_size, "spatial_merge_size": 2,
               "temporal_patch_size": 2, "out_hidden_size": s.text_hidden, "self1e_image_pixels": s.image_size**2}
-    ids = dict(zip(("vision_start_token_id", "vision_end_token_id", "image_token_id", "video_token_id"),
-                   tokenizer.convert_tokens_to_ids(QWEN_SPECIAL_TOKENS)))
     if family == "qwen2_5_vl":
         vision.update(window_size=4 * s.patch_size, fullatt_block_indexes=[s.vision_layers - 1])
         return Qwen2_5_VLConfig(vision_config=vision, text_config={**text, "rope_parameters": rope},
-                                tie_word_embeddings=False, **ids)
+                                tie_word_embeddings=False)
     side = s.image_size // s.patch_size
     vision.update(num_position_embeddings=side * side, deepstack_visual_indexes=[0])
     text["rope_parameters"] = {**rope, "mrope_interleaved": True}
-    return Qwen3VLConfig(vision_config=vision, text_config=text, tie_word_embeddings=False, **ids)
+    return Qwen3VLConfig(vision_config=vision, text_config=text, tie_word_embeddings=False)
+
+
+def smolvlm_config(geometry: str, tokenizer):
+    """A SmolVLM config of a tiny geometry, pixel shuffle by 4 (alpha = 16, as SmolVLM-256M / 500M):
+    the tiny geometry's 8 x 8 patches per sub-image become 2 x 2 LLM tokens, 112 px ones 8 x 8 -> 2 x 2."""
+    from transformers import SmolVLMConfig
+
+    s = TINY_SPECS[geometry]
+    vision = {"hidden_size": s.vision_hidden, "intermediate_size": 4 * s.vision_hidden,
+              "num_hidden_layers": s.vision_layers, "num_attention_heads": s.vision_heads,
+              "image_size": s.image_size, "patch_size": s.patch_size}
+    text = {"model_type": "llama", "vocab_size": len(tokenizer), "hidden_size": s.text_hidden,
+            "intermediate_size": 4 * s.text_hidden, "num_hidden_layers": s.text_layers,
+            "num_attention_heads": s.text_heads, "num_key_value_heads": s.text_kv_heads,
+            "max_position_embeddings": 2048, "tie_word_embeddings": False, "bos_token_id": None,
+            "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.convert_tokens_to_ids(IM_END)}
+    return SmolVLMConfig(vision_config=vision, text_config=text, scale_factor=4, tie_word_embeddings=False)
+
+
+def tokenizer_for(model_type: str) -> PreTrainedTokenizerFast:
+    """The tiny tokenizer with the image tokens of a backbone family."""
+    extra = {"qwen2_5_vl": QWEN_SPECIAL_TOKENS, "qwen3_vl": QWEN_SPECIAL_TOKENS, "smolvlm": SMOLVLM_SPECIAL_TOKENS}
+    return build_tokenizer(extra.get(model_type, ()))
+
+
+def point_image_tokens(config, tokenizer) -> None:
+    """Set a config's image token ids to the tiny tokenizer's tokens of its family."""
+    ids = tokenizer.convert_tokens_to_ids
+    if config.model_type == "internvl":
+        config.image_token_id = ids(IMG_CONTEXT)
+    elif config.model_type == "smolvlm":
+        config.image_token_id = ids("<image>")
+    else:
+        for field, token in zip(("vision_start_token_id", "vision_end_token_id", "image_token_id", "video_token_id"),
+                                QWEN_SPECIAL_TOKENS):
+            setattr(config, field, ids(token))
 
 
 def build_tiny_base(name: str = "tiny", seed: int = 0):
@@ -154,7 +190,9 @@ def build_tiny_base(name: str = "tiny", seed: int = 0):
         raise ValueError(f"unknown tiny model {name!r}; choose from {', '.join(tiny_names())}")
     from self1e.model.backbones import family as backbone_family
 
-    tokenizer = build_tokenizer(QWEN_SPECIAL_TOKENS)
-    config = qwen_vl_config(family, geometry or "tiny", tokenizer)
+    tokenizer = tokenizer_for(family)
+    config = smolvlm_config(geometry or "tiny", tokenizer) if family == "smolvlm" else \
+        qwen_vl_config(family, geometry or "tiny", tokenizer)
+    point_image_tokens(config, tokenizer)
     torch.manual_seed(seed)
     return backbone_family(family).classes()[1](config).eval(), tokenizer

@@ -29,19 +29,17 @@ from self1e.model.tiny import tiny_names
 
 HEAD_WEIGHTS = "mask_head.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-# Sizes in config.json that must be positive whole numbers (per sub-config; "" is the top level).
+# Sizes in config.json that must be positive whole numbers, per family and sub-config ("" is the top level).
+_TEXT = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+         "num_key_value_heads", "max_position_embeddings")
+_VIT = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size")
+_QWEN_VIT = ("hidden_size", "intermediate_size", "depth", "num_heads", "patch_size", "spatial_merge_size",
+             "out_hidden_size")
 POSITIVE_FIELDS = {
-    "": ("image_seq_length",),
-    "text_config": ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                    "num_key_value_heads", "max_position_embeddings"),
-    "vision_config": ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
-                      "patch_size"),
-}
-# The same for the native-resolution families (their vision configs name the sizes differently).
-QWEN_POSITIVE_FIELDS = {
-    "text_config": POSITIVE_FIELDS["text_config"],
-    "vision_config": ("hidden_size", "intermediate_size", "depth", "num_heads", "patch_size", "spatial_merge_size",
-                      "out_hidden_size"),
+    "internvl": {"": ("image_seq_length",), "text_config": _TEXT, "vision_config": _VIT},
+    "qwen2_5_vl": {"text_config": _TEXT, "vision_config": _QWEN_VIT},
+    "qwen3_vl": {"text_config": _TEXT, "vision_config": _QWEN_VIT},
+    "smolvlm": {"": ("scale_factor",), "text_config": _TEXT, "vision_config": _VIT},
 }
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_model"
 TINY_PREFIX = "tiny:"
@@ -85,8 +83,7 @@ def _field_path(raw: dict[str, Any], name: str, message: str) -> str:
 
 
 def _check_sizes(config, file: Path) -> None:
-    fields = POSITIVE_FIELDS if config.model_type == "internvl" else QWEN_POSITIVE_FIELDS
-    for sub, names in fields.items():
+    for sub, names in POSITIVE_FIELDS[config.model_type].items():
         node = getattr(config, sub) if sub else config
         for name in names:
             value = getattr(node, name, None)

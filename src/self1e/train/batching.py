@@ -238,29 +238,29 @@ class TrainBatches:
             samples = [self.sources[src].samples[i] for i in members]
             picture = samples[0].load_image()
             images.append(p.image_input(picture))
-            n_tiles = p.n_tiles(images[-1].grid)
+            grid = images[-1].grid
             for s in samples:
-                for row, target, start in self.sample_rows(s, picture.size, n_tiles, rng):
+                for row, target, start in self.sample_rows(s, picture.size, grid, rng):
                     rows.append(row)
                     targets.append(target)
                     starts.append(start)
                     image_index.append(len(images) - 1)
         return p.collate(rows, images, image_index, targets, starts)
 
-    def sample_rows(self, s: Sample, size: tuple[int, int], n_tiles: int, rng: random.Random):
+    def sample_rows(self, s: Sample, size: tuple[int, int], grid: tuple[int, int], rng: random.Random):
         """The batch rows of one sample as (row, mask target, answer start): a VQA sample one row
         without a target; a referring sample one row with its mask; a multi-object request one row
         per object (see ``Self1eProcessor.rows_per_seg``), each with that object's mask (empty if
         absent). The answer start is given for multi-object rows only (-1 otherwise)."""
         p = self.processor
         if s.is_vqa:
-            return [(p.conversation(s.question, s.answer, n_tiles, answer_is_text=True), None, -1)]
+            return [(p.conversation(s.question, s.answer, grid, answer_is_text=True), None, -1)]
         ignore = s.load_ignore(size)
         if not s.is_multi_object:
-            row = p.conversation(p.seg_question(s.text, rng), p.seg_answer(rng), n_tiles)
+            row = p.conversation(p.seg_question(s.text, rng), p.seg_answer(rng), grid)
             return [(row, p.mask_target(s.load_mask(size), ignore), -1)]
         answer = multi_answer(s.phrases, MULTI_ANSWER_PREFIXES[rng.randrange(len(MULTI_ANSWER_PREFIXES))])
-        ids, labels = p.conversation(p.seg_question(s.text, rng), answer, n_tiles)
+        ids, labels = p.conversation(p.seg_question(s.text, rng), answer, grid)
         answer_start = next(i for i, v in enumerate(labels) if v != IGNORE_INDEX)
         rows = p.rows_per_seg(ids, labels, start=answer_start)
         assert len(rows) == len(s.phrases), "multi_answer puts one [SEG] after each phrase"

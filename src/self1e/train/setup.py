@@ -38,10 +38,14 @@ def lora_scopes(backbone: Backbone) -> dict[str, str]:
 
 def for_backbone(lora: LoraSettings, backbone: Backbone) -> LoraSettings:
     """The settings with their InternVL defaults read for this backbone: the default ``vit_targets``
-    become the backbone's ViT Linear names, and ``model.multi_modal_projector`` in ``train_full``
-    its compression module (Qwen-VL: ``model.visual.merger``). Explicit values stay as they are."""
+    become the backbone's ViT Linear names, ``model.multi_modal_projector`` in ``train_full`` its
+    compression module (Qwen-VL: ``model.visual.merger``) and ``model.language_model.*`` its language
+    model's (SmolVLM: ``model.text_model.*``). Explicit values stay as they are."""
     vit = backbone.vit_lora_targets if lora.vit_targets == VIT_LORA_TARGETS else lora.vit_targets
-    full = tuple(backbone.projector_path if n == "model.multi_modal_projector" else n for n in lora.train_full)
+    llm = "model.language_model."
+    full = tuple(backbone.projector_path if n == "model.multi_modal_projector"
+                 else backbone.language_path + "." + n[len(llm):] if n.startswith(llm) else n
+                 for n in lora.train_full)
     return dataclasses.replace(lora, vit_targets=vit, train_full=full)
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 from self1e.model.backbones.base import Backbone, VisionOutput
 from self1e.model.backbones.internvl import InternVL
 from self1e.model.backbones.qwen_vl import Qwen2_5VL, Qwen3VL
+from self1e.model.backbones.smolvlm import SmolVLM
 
 __all__ = ["FAMILIES", "Backbone", "VisionOutput", "backbone_for", "family"]
 
-FAMILIES: dict[str, type[Backbone]] = {cls.model_type: cls for cls in (InternVL, Qwen2_5VL, Qwen3VL)}
+FAMILIES: dict[str, type[Backbone]] = {cls.model_type: cls for cls in (InternVL, Qwen2_5VL, Qwen3VL, SmolVLM)}
 
 
 def family(model_type: str | None, where: str = "config.json") -> type[Backbone]:

@@ -46,10 +46,18 @@ class Backbone:
     llm_lora_scope: ClassVar[str] = r"model\.language_model\.layers\.\d+\..*\b"
     vit_lora_scope: ClassVar[str]
     vit_lora_targets: ClassVar[tuple[str, ...]]
-    alpha: ClassVar[int] = 4  # patches per LLM token (the self-replication factor)
-
     def __init__(self, base: nn.Module) -> None:
         self.base = base
+
+    @property
+    def factor(self) -> int:
+        """Patches per side of the group one LLM token compresses (the head's depth-to-space factor)."""
+        return 2
+
+    @property
+    def alpha(self) -> int:
+        """Patches per LLM token: the self-replication factor."""
+        return self.factor**2
 
     @classmethod
     def classes(cls) -> tuple[type, type]:
@@ -99,3 +107,8 @@ class Backbone:
     def set_image_size(self, size: int) -> None:
         raise ValueError(f"set_image_size: {self.model_type} takes images at native resolution; there is no tile "
                          "size to change")
+
+
+def config_int(value) -> int:
+    """A vision config size given as an int or as a list of equal ints (``image_size: [448, 448]``)."""
+    return int(value[0] if isinstance(value, (list, tuple)) else value)

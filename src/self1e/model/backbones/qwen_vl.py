@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from self1e.model.backbones.base import Backbone, VisionOutput
+from self1e.model.backbones.base import Backbone, VisionOutput, config_int
 from self1e.model.layouts import CLIP_MEAN, CLIP_STD, NativeLayout
 from self1e.model.pixel_shuffle import fold_replicated
 
@@ -43,15 +43,19 @@ class QwenVL(Backbone):
     mean: tuple[float, ...] = CLIP_MEAN
     std: tuple[float, ...] = CLIP_STD
 
+    @property
+    def factor(self) -> int:
+        return int(self.base.config.vision_config.spatial_merge_size)
+
     def layout(self, settings) -> NativeLayout:
         vc = self.base.config.vision_config
-        return NativeLayout(_int(vc.patch_size), vc.spatial_merge_size, _int(vc.temporal_patch_size),
+        return NativeLayout(config_int(vc.patch_size), vc.spatial_merge_size, config_int(vc.temporal_patch_size),
                             getattr(vc, PIXELS_FIELD, None) or DEFAULT_PIXELS, self.mean, self.std, QWEN_IMAGE_TOKENS)
 
     def set_image_size(self, size: int) -> None:
         """Resize images to about ``size`` x ``size`` pixels from now on (saved in the vision config)."""
         vc = self.base.config.vision_config
-        unit = _int(vc.patch_size) * vc.spatial_merge_size
+        unit = config_int(vc.patch_size) * vc.spatial_merge_size
         if size < unit:
             raise ValueError(f"image size {size} is below one merged group ({unit} px)")
         setattr(vc, PIXELS_FIELD, size * size)
@@ -157,7 +161,3 @@ class Qwen3VL(QwenVL):
         layers = [torch.cat([extras[i][k] for i in rows]) for k in range(len(extras[rows[0]]))]
         return {"visual_pos_masks": visual, "deepstack_visual_embeds": layers}
 
-
-def _int(value) -> int:
-    """A vision config size that may be given as an int or a list of equal ints."""
-    return int(value[0] if isinstance(value, (list, tuple)) else value)
