@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     common = _sibling("vqa_preserved")
     results = Path(args.results)
     done = {(r["start"], r["steps"]): r for r in json.loads(results.read_text())["runs"]} if results.is_file() else {}
-    tests, rows = None, []
+    tests, rows = None, list(done.values())
     for family in families:
         start = start_of(family, args.geometry)
         row = done.get((start, args.steps))
@@ -80,10 +80,10 @@ def main(argv: list[str] | None = None) -> int:
                                                                 args.batch, args.steps, args.lr,
                                                                 Path(args.out) / family, tests)}
             print(json.dumps(row), flush=True)
-        rows.append(row)
+        done[start, args.steps] = row
+        rows = sorted(done.values(), key=lambda r: (FAMILIES.index(r["family"]), r["steps"]))
         results.parent.mkdir(parents=True, exist_ok=True)
-        results.write_text(json.dumps({"args": vars(args), "runs": [*rows, *[r for k, r in done.items()
-                                                                           if r not in rows]]}, indent=2) + "\n")
+        results.write_text(json.dumps({"args": vars(args), "runs": rows}, indent=2) + "\n")
     md = table(rows)
     results.with_suffix(".md").write_text(md)
     print(md)

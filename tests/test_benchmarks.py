@@ -245,3 +245,23 @@ def test_bench_eval_splits_wall_time_and_prefetch_keeps_the_result(tmp_path):
     for run in summary.values():
         assert 0 < run["model_s"] < run["wall_s"] and 0 < run["outside_share"] < 1
     assert summary["prefetch"]["cIoU"] == summary["no_prefetch"]["cIoU"]
+
+
+@pytest.mark.slow
+def test_backbones_benchmark_trains_each_family_and_resumes(tmp_path):
+    """The same tiny budget on two families, one record each; a second call trains nothing again."""
+    out = tmp_path / "backbones.json"
+    args = ["--geometry", "tiny", "--size", "64", "--steps", "2", "--batch", "2", "--train-n", "30", "--test", "3",
+            "--out", str(tmp_path / "b"), "--results", str(out)]
+    script = load_script("backbones")
+    script.main(["--families", "internvl,smolvlm", *args])
+    runs = json.loads(out.read_text())["runs"]
+    assert [(r["family"], r["start"]) for r in runs] == [("internvl", "tiny:tiny"), ("smolvlm", "tiny:smolvlm")]
+    assert all(0 <= r["segmentation"]["cIoU"] <= 1 and r["vqa"]["n"] == 3 for r in runs)
+    final = tmp_path / "b" / "smolvlm" / "final" / "model.safetensors"
+    stamp = final.stat().st_mtime_ns
+    script.main(["--families", "smolvlm,internvl", *args])
+    assert final.stat().st_mtime_ns == stamp and len(json.loads(out.read_text())["runs"]) == 2
+    assert "| smolvlm | `tiny:smolvlm` |" in out.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit):
+        script.main(["--families", "llava", *args])
