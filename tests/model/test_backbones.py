@@ -308,3 +308,16 @@ def test_smolvlm_sub_images_and_global_image():
                           atol=1e-5)
     assert cached._prefix is not None and int(cached._prefix.input_ids[-1]) == p.img_end_id
     assert int((cached._prefix.input_ids == m.image_token_id).sum()) == 3 * p.tokens_per_tile
+
+
+@pytest.mark.parametrize("width,height", [(56, 56), (100, 40), (3000, 3), (2, 900), (1, 1)])
+def test_native_resize_keeps_the_area_and_whole_groups(width, height):
+    """Every image size becomes whole 2 x 2 groups of patches, within 1.5 x the target area, its
+    aspect ratio kept where the area allows."""
+    layout = load_model("tiny:qwen2_5_vl").processor.image_layout
+    w, h = layout.resized(width, height)
+    unit = layout.patch_size * layout.merge
+    assert w % unit == 0 and h % unit == 0 and w >= unit and h >= unit
+    assert w * h <= 1.5 * layout.pixels
+    if min(width, height) * 4 >= max(width, height):  # a moderate aspect ratio is kept
+        assert abs(w / h - width / height) <= 0.5 * width / height

@@ -125,10 +125,20 @@ class NativeLayout:
         self.image_size = round(math.sqrt(pixels))  # the side of a square image (for reporting)
 
     def resized(self, width: int, height: int) -> tuple[int, int]:
-        """The (width, height) an image of this size is resized to."""
+        """The (width, height) an image of this size is resized to: about ``pixels`` pixels, the aspect
+        ratio kept, both sides whole merged groups. A side shorter than one group is one group, and the
+        other side is then shortened so the image stays within 1.5 x ``pixels`` (a 1000 x 3 strip does
+        not become thousands of tokens)."""
         unit = self.patch_size * self.merge
         scale = math.sqrt(self.pixels / (width * height))
-        return (max(unit, round(width * scale / unit) * unit), max(unit, round(height * scale / unit) * unit))
+        w, h = max(unit, round(width * scale / unit) * unit), max(unit, round(height * scale / unit) * unit)
+        limit = max(unit * unit, int(1.5 * self.pixels))
+        if w * h > limit:
+            if w >= h:
+                w = max(unit, limit // h // unit * unit)
+            else:
+                h = max(unit, limit // w // unit * unit)
+        return w, h
 
     def prepare(self, im: Image.Image) -> ImageInput:
         w, h = self.resized(im.width, im.height)
