@@ -237,6 +237,8 @@ class Self1eProcessor:
             ids = []
             for piece in self.image_layout.block(image):
                 ids += [vocab[piece]] if piece in vocab else self._encode(piece)
+            if len(self._image_cache) >= TOKEN_CACHE_SIZE:  # native resolution: a block per image shape
+                self._image_cache.clear()
             self._image_cache[key] = ids
         return list(ids)
 
