@@ -10,11 +10,14 @@ in :mod:`self1e.model.backbones`.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from self1e.model.layouts import stitch
 
 
 @dataclass
@@ -112,3 +115,22 @@ class Backbone:
 def config_int(value) -> int:
     """A vision config size given as an int or as a list of equal ints (``image_size: [448, 448]``)."""
     return int(value[0] if isinstance(value, (list, tuple)) else value)
+
+
+def tiled_output(f_v1: torch.Tensor, grids: list[tuple[int, int]], layout,
+                 full_resolution: Callable[[slice], torch.Tensor] | None) -> VisionOutput:
+    """Per-image features of tiled backbones (InternVL's tiles, SmolVLM's sub-images) from every
+    tile's compressed grid ``f_v1`` (T, h, w, C), row-major tiles then the thumbnail / global image of
+    each image: its tokens (all its tiles), and the maps of its grid tiles stitched (the thumbnail
+    excluded); ``full_resolution(tiles)`` gives the (n, f h, f w, C) self-replicated maps of a slice."""
+    counts = [layout.n_tiles(grid) for grid in grids]
+    if sum(counts) != f_v1.shape[0]:
+        raise ValueError(f"pixel_values has {f_v1.shape[0]} tiles but the grids {grids} need {sum(counts)}")
+    tokens, maps_v1, maps_hq, start = [], [], [], 0
+    for grid, k in zip(grids, counts):
+        sl = slice(start, start + grid[0] * grid[1])
+        tokens.append(f_v1[start:start + k].flatten(0, 2))
+        maps_v1.append(stitch(f_v1[sl], grid))
+        maps_hq.append(stitch(full_resolution(sl), grid) if full_resolution is not None else None)
+        start += k
+    return VisionOutput(tokens, maps_v1, maps_hq)

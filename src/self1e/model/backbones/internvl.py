@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from self1e.model.backbones.base import Backbone, VisionOutput
-from self1e.model.layouts import TileLayout, stitch
+from self1e.model.backbones.base import Backbone, VisionOutput, tiled_output
+from self1e.model.layouts import TileLayout
 from self1e.model.pixel_shuffle import pixel_shuffle, project_replicated
 
 
@@ -43,18 +43,8 @@ class InternVL(Backbone):
         g = int(n**0.5)
         f_v0 = feats.reshape(t, g, g, d)
         f_v1 = inner.multi_modal_projector(pixel_shuffle(f_v0))  # (T, g/2, g/2, C)
-        tiles = [layout.n_tiles(grid) for grid in grids]
-        if sum(tiles) != t:
-            raise ValueError(f"pixel_values has {t} tiles but the grids {grids} need {sum(tiles)}")
-        tokens, maps_v1, maps_hq, start = [], [], [], 0
-        for grid, k in zip(grids, tiles):
-            sl = slice(start, start + grid[0] * grid[1])
-            tokens.append(f_v1[start:start + k].flatten(0, 2))
-            maps_v1.append(stitch(f_v1[sl], grid))
-            maps_hq.append(stitch(project_replicated(inner.multi_modal_projector, f_v0[sl]), grid)
-                           if full_resolution else None)
-            start += k
-        return VisionOutput(tokens, maps_v1, maps_hq)
+        hq = (lambda sl: project_replicated(inner.multi_modal_projector, f_v0[sl])) if full_resolution else None
+        return tiled_output(f_v1, grids, layout, hq)
 
     def set_image_size(self, size: int) -> None:
         """Move the ViT to ``size`` x ``size`` tiles: its absolute position embeddings are resampled

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from self1e.model.backbones.base import Backbone, VisionOutput, config_int
-from self1e.model.layouts import SubImageLayout, stitch
+from self1e.model.backbones.base import Backbone, VisionOutput, config_int, tiled_output
+from self1e.model.layouts import SubImageLayout
 from self1e.model.pixel_shuffle import fold_replicated
 
 
@@ -51,19 +51,8 @@ class SmolVLM(Backbone):
         patches = out.last_hidden_state  # (T, g*g, D), row-major
         t, n, d = patches.shape
         g = int(n**0.5)
-        tokens_all = self.projector(patches)  # (T, (g/s)², C)
         side = g // self.factor
-        f_v1 = tokens_all.reshape(t, side, side, -1)
-        tiles = [layout.n_tiles(grid) for grid in grids]
-        if sum(tiles) != t:
-            raise ValueError(f"pixel_values has {t} sub-images but the grids {grids} need {sum(tiles)}")
-        tokens, maps_v1, maps_hq, start = [], [], [], 0
-        for grid, k in zip(grids, tiles):
-            sl = slice(start, start + grid[0] * grid[1])
-            tokens.append(tokens_all[start:start + k].flatten(0, 1))
-            maps_v1.append(stitch(f_v1[sl], grid))
-            maps_hq.append(stitch(self.replicated(patches[sl]).reshape(-1, g, g, f_v1.shape[-1]), grid)
-                           if full_resolution else None)
-            start += k
-        return VisionOutput(tokens, maps_v1, maps_hq)
+        f_v1 = self.projector(patches).reshape(t, side, side, -1)  # (T, g/s, g/s, C)
+        hq = (lambda sl: self.replicated(patches[sl]).reshape(-1, g, g, f_v1.shape[-1])) if full_resolution else None
+        return tiled_output(f_v1, grids, layout, hq)
 
