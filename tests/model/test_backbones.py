@@ -321,3 +321,24 @@ def test_native_resize_keeps_the_area_and_whole_groups(width, height):
     assert w * h <= 1.5 * layout.pixels
     if min(width, height) * 4 >= max(width, height):  # a moderate aspect ratio is kept
         assert abs(w / h - width / height) <= 0.5 * width / height
+
+
+def test_random_base_points_the_padding_row_at_the_tiny_tokenizers_pad(tmp_path):
+    """``random:`` on a real config: the real pad_token_id (SmolVLM2's 2, the tiny <|im_start|>) must not
+    leave a zero embedding row under a token every prompt starts with (it gave NaN gradients at depth)."""
+    import json
+    from pathlib import Path
+
+    from self1e.model.registry import build_random_base
+
+    raw = json.loads((Path(__file__).resolve().parents[2] / "configs" / "models" / "smolvlm2-2.2b-instruct"
+                      / "config.json").read_text())
+    raw["text_config"].update(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+                              num_key_value_heads=4)
+    raw["vision_config"].update(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                image_size=56, patch_size=14)
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    base, tok = build_random_base(str(tmp_path))
+    assert raw["text_config"]["pad_token_id"] == 2 and base.config.text_config.pad_token_id == tok.pad_token_id
+    start = tok.convert_tokens_to_ids("<|im_start|>")
+    assert float(base.get_input_embeddings().weight[start].abs().sum()) > 0

@@ -162,7 +162,12 @@ def tokenizer_for(model_type: str) -> PreTrainedTokenizerFast:
 
 
 def point_image_tokens(config, tokenizer) -> None:
-    """Set a config's image token ids to the tiny tokenizer's tokens of its family."""
+    """Set a config's image token ids, and its language model's padding id, to the tiny tokenizer's.
+    (A real config's ``pad_token_id`` names a row of the real vocabulary; left as it is, the embedding
+    layer starts that row at zero, and in the tiny vocabulary that row may be a token every prompt
+    holds: SmolVLM2's 2 is the tiny ``<|im_start|>``, whose all-zero state then gave NaN gradients.)"""
+    if getattr(config.text_config, "pad_token_id", None) is not None:
+        config.text_config.pad_token_id = tokenizer.pad_token_id
     ids = tokenizer.convert_tokens_to_ids
     if config.model_type == "internvl":
         config.image_token_id = ids(IMG_CONTEXT)
