@@ -6,8 +6,8 @@ becomes, the tokens that open, fill and close the image in a prompt, and how the
 those tokens fold back into a 2D map for the mask head.
 
 An image is ``n_tiles(grid)`` units of ``tokens_per_tile`` LLM tokens: InternVL's units are tiles
-(side x side tokens each, :class:`TileLayout`); a native-resolution backbone's unit is one token
-per merged group of patches (:class:`NativeLayout`).
+(side x side tokens each, :class:`TileLayout`), SmolVLM's sub-images (:class:`SubImageLayout`); a
+native-resolution backbone's unit is one token per merged group of patches (:class:`NativeLayout`).
 """
 from __future__ import annotations
 

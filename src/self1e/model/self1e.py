@@ -1,4 +1,4 @@
-"""Self1eModel: SELF1E around a transformers-native MLLM (InternVL, Qwen2.5-VL, Qwen3-VL).
+"""Self1eModel: SELF1E around a transformers-native MLLM (InternVL, Qwen2.5-VL, Qwen3-VL, SmolVLM).
 
 The base model is used through its own submodules (vision tower, compression, language model, LM
 head), reached through its backbone adapter (:mod:`self1e.model.backbones`); we only re-run its
@@ -38,7 +38,7 @@ class ImageFeatures:
 
     Per image: tokens (n, C) the LLM inputs at its image tokens; grids: its layout's grid (InternVL:
     tiles; native resolution: patches); f_v1 (H1, W1, C) the compressed features on the LLM's token
-    grid (InternVL: stitched over the tiles, thumbnail excluded), f_v1_hq (2*H1, 2*W1, C) the
+    grid (tiled layouts: stitched over the tiles, thumbnail excluded), f_v1_hq (f*H1, f*W1, C) the
     self-replicated full-resolution projection (None when the head does not use it); extras: the
     language model's other image inputs (Qwen3-VL's deepstack features), or None.
     """
@@ -135,7 +135,7 @@ def resolve_settings(saved: Self1eConfig | None, config: Self1eConfig | Mapping[
 
 
 class Self1eModel(nn.Module):
-    """An MLLM (InternVL, Qwen2.5-VL, Qwen3-VL) + the SELF1E mask head. Build with
+    """An MLLM (InternVL, Qwen2.5-VL, Qwen3-VL, SmolVLM) + the SELF1E mask head. Build with
     :meth:`from_pretrained` or :meth:`from_base`; ``backbone`` is the family's adapter."""
 
     def __init__(self, base: nn.Module, tokenizer, config: Self1eConfig) -> None:
@@ -275,14 +275,15 @@ class Self1eModel(nn.Module):
 
     def _llm(self, embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
              feats: ImageFeatures, image_index: torch.Tensor, bidirectional: bool, prefix: PrefixCache | None = None,
-             answer_start: torch.Tensor | None = None) -> torch.Tensor:
+             answer_start: torch.Tensor | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
         """The LLM's final-norm outputs (B, L, C). With ``prefix`` only the tokens after it run, on
         its cached keys and values; the mask and positions are the uncached pass's rows for them.
-        Positions are the backbone's (1D, or M-RoPE over the image's grid).
+        ``positions``: the backbone's (1D, or M-RoPE over the image's grid), computed when not given.
         ``answer_start``: isolate the objects of each answer (see :func:`seg_attention_mask`)."""
         mask = seg_attention_mask(input_ids, attention_mask, self.image_token_id, self.seg_token_id, embeds.dtype,
                                   bidirectional, answer_start)
-        positions = self.backbone.positions(input_ids, attention_mask, feats.grids, image_index)
+        if positions is None:
+            positions = self.backbone.positions(input_ids, attention_mask, feats.grids, image_index)
         lm = self.backbone.language_model
         if prefix is None:
             extra = self.backbone.llm_inputs(input_ids, feats.extras, image_index)
@@ -351,8 +352,9 @@ class Self1eModel(nn.Module):
         embeds = self.embed(batch.input_ids, feats, batch.image_index)
         bidirectional = self.config.seg_attention == "bidirectional"
         isolate = batch.answer_start if self.config.isolate_objects else None
+        positions = self.backbone.positions(batch.input_ids, batch.attention_mask, feats.grids, batch.image_index)
         hidden = self._llm(embeds, batch.input_ids, batch.attention_mask, feats, batch.image_index, bidirectional,
-                           prefix, isolate)
+                           prefix, isolate, positions)
 
         has_labels = bool((batch.labels != IGNORE_INDEX).any())
         lm_logits = lm_loss = None
@@ -362,7 +364,7 @@ class Self1eModel(nn.Module):
             lm_bidirectional = bidirectional and not self.config.causal_lm_loss
             own_pass = lm_bidirectional != bidirectional or isolate is not None
             lm_hidden = self._llm(embeds, batch.input_ids, batch.attention_mask, feats, batch.image_index,
-                                  lm_bidirectional, prefix) if own_pass else hidden
+                                  lm_bidirectional, prefix, positions=positions) if own_pass else hidden
             if return_lm_logits:
                 lm_logits = self.base.lm_head(lm_hidden)
             if has_labels:  # the LM head only where a label is (exact; avoids B x L x V logits)

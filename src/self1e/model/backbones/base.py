@@ -17,13 +17,14 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from self1e.model.attention import position_ids_from_mask
 from self1e.model.layouts import stitch
 
 
 @dataclass
 class VisionOutput:
     """Per image: tokens (n, C) the LLM's inputs at its image tokens, in sequence order; f_v1
-    (h, w, C) the compressed map; f_v1_hq (2h, 2w, C) the self-replicated full-resolution map (None
+    (h, w, C) the compressed map; f_v1_hq (f h, f w, C) the self-replicated full-resolution map (None
     when not asked for); extras: what the LLM takes besides the tokens (Qwen3-VL: one (n, C) deepstack
     feature per injected layer), or None."""
 
@@ -43,12 +44,12 @@ class Backbone:
     model_type: ClassVar[str]
     model_class: ClassVar[str]  # a transformers class name
     config_class: ClassVar[str]
-    vision_path: ClassVar[str]
     projector_path: ClassVar[str]  # the compression (space-to-depth + MLP) whose self-replication the head uses
     language_path: ClassVar[str] = "model.language_model"
     llm_lora_scope: ClassVar[str] = r"model\.language_model\.layers\.\d+\..*\b"
     vit_lora_scope: ClassVar[str]
     vit_lora_targets: ClassVar[tuple[str, ...]]
+
     def __init__(self, base: nn.Module) -> None:
         self.base = base
 
@@ -94,7 +95,7 @@ class Backbone:
                   image_index: torch.Tensor) -> torch.Tensor:
         """Position ids for the language model, as the backbone computes them: (B, L), or (3, B, L)
         for M-RoPE. Padding does not count (left or right padding gives the same positions)."""
-        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return position_ids_from_mask(attention_mask)
 
     def llm_inputs(self, input_ids: torch.Tensor, extras: list[list[torch.Tensor]] | None,
                    image_index: torch.Tensor) -> dict[str, Any]:

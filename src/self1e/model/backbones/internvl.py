@@ -19,7 +19,6 @@ class InternVL(Backbone):
     model_type = "internvl"
     model_class = "InternVLForConditionalGeneration"
     config_class = "InternVLConfig"
-    vision_path = "model.vision_tower"
     projector_path = "model.multi_modal_projector"
     # transformers' InternVL vision layers: attention.{q,k,v}_proj (the original "qkv", split),
     # attention.projection_layer (the original "proj"), mlp.fc1, mlp.fc2.

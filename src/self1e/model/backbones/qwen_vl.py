@@ -37,7 +37,6 @@ PIXELS_FIELD = "self1e_image_pixels"  # vision_config field: the area images are
 class QwenVL(Backbone):
     """What Qwen2.5-VL and Qwen3-VL share."""
 
-    vision_path = "model.visual"
     projector_path = "model.visual.merger"
     vit_lora_scope = r"model\.visual\.blocks\.\d+\..*\b"
     mean: tuple[float, ...] = CLIP_MEAN

@@ -23,7 +23,6 @@ class SmolVLM(Backbone):
     model_type = "smolvlm"
     model_class = "SmolVLMForConditionalGeneration"
     config_class = "SmolVLMConfig"
-    vision_path = "model.vision_model"
     projector_path = "model.connector"
     language_path = "model.text_model"
     llm_lora_scope = r"model\.text_model\.layers\.\d+\..*\b"
