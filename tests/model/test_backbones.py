@@ -310,6 +310,32 @@ def test_smolvlm_sub_images_and_global_image():
     assert int((cached._prefix.input_ids == m.image_token_id).sum()) == 3 * p.tokens_per_tile
 
 
+@pytest.mark.parametrize("tile,per_side", [(56, 2), (56, 1), (42, 3)])
+def test_smolvlm_split_is_smolvlms_own(tile, per_side):
+    """Our SmolVLM layout gives exactly the pixel values of transformers' SmolVLM image processor
+    (longest edge to ``per_side`` sub-images, rounded up to whole sub-images, then the global image),
+    for images of every shape, and the same grid as its patch count for a few hundred sizes."""
+    from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
+
+    from self1e.model.layouts import SubImageLayout, subimage_grid
+
+    theirs = SmolVLMImageProcessorPil(size={"longest_edge": per_side * tile}, max_image_size={"longest_edge": tile})
+    ours = SubImageLayout(tile, 14, per_side * per_side + per_side - 1, factor=2)  # isqrt: per_side per side
+    assert ours.per_side == per_side
+    rng = np.random.default_rng(tile + per_side)
+    for width, height in [(100, 40), (40, 100), (56, 56), (1, 1), (300, 7), (113, 57), (57, 113), (200, 200)]:
+        im = Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+        out = theirs(images=[[im]], return_tensors="pt", return_row_col_info=True)
+        got = ours.prepare(im)
+        rows, cols = out["rows"][0][0], out["cols"][0][0]
+        assert got.grid == ((rows, cols) if rows else (1, 1)), (width, height)
+        assert got.pixel_values.shape == out["pixel_values"][0].shape
+        assert torch.allclose(got.pixel_values, out["pixel_values"][0], atol=1e-5), (width, height)
+    for width, height in rng.integers(1, 3000, (300, 2)).tolist():
+        n, rows, cols = theirs.get_number_of_image_patches(height, width, {})
+        assert subimage_grid(width, height, per_side, tile) == ((rows, cols) if n else (1, 1)), (width, height)
+
+
 @pytest.mark.parametrize("width,height", [(56, 56), (100, 40), (3000, 3), (2, 900), (1, 1)])
 def test_native_resize_keeps_the_area_and_whole_groups(width, height):
     """Every image size becomes whole 2 x 2 groups of patches, within 1.5 x the target area, its

@@ -121,21 +121,48 @@ def test_an_objects_mask_does_not_depend_on_how_the_others_were_named(seg_attent
     assert torch.allclose(a[0], c[0], atol=1e-6)  # the first object is the same under both rules
 
 
-def test_isolation_blocks_only_the_earlier_objects_part_of_the_answer():
-    # 0: text, 1: image, 7: [SEG]; the answer starts at 4: "8 7 9 9 7 4" = obj1 [SEG] and obj2 [SEG] .
+def test_isolation_blocks_the_request_and_the_earlier_objects_part_of_the_answer():
+    # 0: text, 1: image, 7: [SEG]; the user's text after the image is 3; the answer starts at 4:
+    # "8 7 9 9 7 4" = obj1 [SEG] and obj2 [SEG] .
     ids = torch.tensor([[5, 1, 1, 3, 8, 7, 9, 9, 7, 4]])
     ones = torch.ones_like(ids)
     free = seg_attention_mask(ids, ones, 1, 7, torch.float32)[0, 0] == 0
     iso = seg_attention_mask(ids, ones, 1, 7, torch.float32, answer_start=torch.tensor([4]))[0, 0] == 0
     blocked = free & ~iso
     assert blocked.any() and not (iso & ~free).any()  # it only takes away
-    assert {(int(q), int(k)) for q, k in blocked.nonzero()} == {(q, k) for q in range(6, 10) for k in (4, 5)}
-    assert iso[1, 8] and iso[6, 3] and iso[8, 0]  # image -> its [SEG]; the own object -> the prompt
+    assert {(int(q), int(k)) for q, k in blocked.nonzero()} == {(q, k) for q in range(6, 10) for k in (3, 4, 5)}
+    assert iso[1, 8] and iso[6, 2] and iso[8, 0]  # image -> its [SEG]; the own object -> the image, the system text
+    assert iso[4, 3] and iso[5, 3]  # the first object reads the request
     none = seg_attention_mask(ids, ones, 1, 7, torch.float32, answer_start=torch.tensor([-1]))
     assert torch.equal(none, seg_attention_mask(ids, ones, 1, 7, torch.float32))
     # an earlier [SEG] before the answer (in a past turn) isolates nothing
     late = seg_attention_mask(ids, ones, 1, 7, torch.float32, answer_start=torch.tensor([6]))
     assert torch.equal(late, seg_attention_mask(ids, ones, 1, 7, torch.float32))
+
+
+@pytest.mark.parametrize("seg_attention", ["bidirectional", "causal"])
+def test_a_later_objects_mask_reads_its_own_phrase_not_the_request(seg_attention):
+    """Under ``isolate_objects`` the second object's mask is the same whatever the request says
+    (two requests of as many tokens), and follows its own phrase in the answer. Breakage: the
+    request's text visible to the second object's part of the answer."""
+    got = {}
+    for isolate in (True, False):
+        model = make(seg_attention=seg_attention, isolate_objects=isolate)
+        p = model.processor
+        image = p.image_input(picture(6))
+        for request in ("the red circle and the blue star", "the green square and the pink box"):
+            question = p.seg_question(request)
+            start = len(p.prompt(question, 1))
+            for second in ("the blue star", "the pink box"):
+                ids, lab = p.conversation(question, multi_answer(["the red circle", second]), 1)
+                got[isolate, request, second] = masks_of(model, p.rows_per_seg(ids, lab, start), image, start)[1]
+    requests = ("the red circle and the blue star", "the green square and the pink box")
+    same = float((got[True, requests[0], "the blue star"] - got[True, requests[1], "the blue star"]).abs().max())
+    assert same < 1e-6, same
+    moved = float((got[False, requests[0], "the blue star"] - got[False, requests[1], "the blue star"]).abs().max())
+    assert moved > max(20 * same, 1e-5)  # without the rule the request reaches the second mask
+    own = float((got[True, requests[0], "the blue star"] - got[True, requests[0], "the pink box"]).abs().max())
+    assert own > 1e-5  # the second mask follows its own phrase
 
 
 def test_isolation_leaves_the_lm_logits_alone():

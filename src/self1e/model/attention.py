@@ -25,11 +25,13 @@ def seg_attention_mask(
 
     ``answer_start`` (B,), the position where each row's answer begins (-1: none given) isolates the
     objects of one answer: in a row whose last ``[SEG]`` follows another ``[SEG]`` of the same answer,
-    the tokens after that earlier ``[SEG]`` (the row's own "the blue star is [SEG]") do not attend to
-    the answer before it ("the red circle is [SEG] and"). So the k-th object's mask depends on the
-    prompt and its own part of the answer only, never on how the other objects were named, and the
-    k-th ``[SEG]`` cannot read an earlier object's phrase. (A mask pass only: the language model's
-    own pass keeps the whole answer, as generation does.)
+    the tokens after that earlier ``[SEG]`` (the row's own "and the blue star is [SEG]") attend to
+    what precedes the (last) image and to themselves, not to the user's text after the image nor to
+    the answer before them ("the red circle is [SEG]"). So the k-th object's mask (k >= 2) depends on
+    the image and its own phrase only, never on how the request or the other objects were worded,
+    and its ``[SEG]`` reads one phrase, not one picked out of several. The first object reads the
+    request, as a single-object answer does. (A mask pass only: the language model's own pass keeps
+    the whole conversation, as generation does.)
 
     input_ids, attention_mask: (B, L) -> (B, 1, L, L).
     A float mask (not bool) because eager attention adds it to the scores.
@@ -48,21 +50,24 @@ def seg_attention_mask(
         relax = is_img[:, :, None] & (is_img[:, None, :] | is_last_seg[:, None, :])
         allowed |= relax & has_seg
     if answer_start is not None:
-        allowed &= ~_object_isolation(input_ids, attention_mask, seg_token_id, answer_start)
+        allowed &= ~_object_isolation(input_ids, attention_mask, image_token_id, seg_token_id, answer_start)
     mask = torch.zeros(b, 1, length, length, dtype=dtype, device=device)
     return mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
 
 
-def _object_isolation(input_ids: torch.Tensor, attention_mask: torch.Tensor, seg_token_id: int,
-                      answer_start: torch.Tensor) -> torch.Tensor:
+def _object_isolation(input_ids: torch.Tensor, attention_mask: torch.Tensor, image_token_id: int,
+                      seg_token_id: int, answer_start: torch.Tensor) -> torch.Tensor:
     """(B, L, L) the (query, key) pairs blocked by ``answer_start`` (see :func:`seg_attention_mask`)."""
     pos = torch.arange(input_ids.shape[-1], device=input_ids.device)
     start = answer_start.to(pos.device)[:, None]
-    is_seg = (input_ids == seg_token_id) & attention_mask.bool()
+    valid = attention_mask.bool()
+    is_seg = (input_ids == seg_token_id) & valid
     earlier = is_seg & (pos < last_index(is_seg)[:, None]) & (pos >= start) & (start >= 0)
     prev = last_index(earlier)[:, None]
     own = earlier.any(-1, keepdim=True) & (pos > prev)  # queries: the row's own object
-    before = (pos >= start) & (pos <= prev)  # keys: the answer up to the previous [SEG]
+    is_img = (input_ids == image_token_id) & valid
+    after_image = torch.where(is_img.any(-1, keepdim=True), last_index(is_img)[:, None], start - 1)
+    before = (pos > after_image) & (pos <= prev)  # keys: the user's text after the image, the earlier objects
     return own[:, :, None] & before[:, None, :]
 
 

@@ -103,7 +103,7 @@ class Self1eConfig:
     loss_short_side: int = 128  # ground truth and logits are compared with this short side
     causal_lm_loss: bool = True  # LM loss from a causal pass, so the [SEG] decision cannot leak (README, "Training")
     isolate_objects: bool = True  # an answer's k-th [SEG] reads only its own part of the answer (seg_attention_mask)
-    max_tiles: int = 1  # 1 = one tile per image; >1 = InternVL dynamic tiling, stitched before the head
+    max_tiles: int = 1  # 1 = one tile per image; >1 = dynamic tiling (InternVL's; SmolVLM: isqrt per side)
     use_thumbnail: bool = True  # with several tiles, also feed InternVL's global thumbnail tile to the LLM
     prompt: PromptFormat = field(default_factory=PromptFormat)  # system turn, templates, casing
 

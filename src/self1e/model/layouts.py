@@ -57,6 +57,24 @@ def tile_grid(width: int, height: int, max_tiles: int, tile_size: int) -> tuple[
     return best
 
 
+def longest_edge_resize(width: int, height: int, long: int) -> tuple[int, int]:
+    """SmolVLM's (Idefics3's) first resize: the longest edge to ``long`` pixels, the other keeping the
+    aspect ratio, rounded as that processor rounds it (down, then up to an even number). (width, height)."""
+    if width >= height:
+        short = int(long / (width / height))
+        return long, max(1, short + short % 2)
+    short = int(long * (width / height))
+    return max(1, short + short % 2), long
+
+
+def subimage_grid(width: int, height: int, per_side: int, tile_size: int) -> tuple[int, int]:
+    """SmolVLM's split: after :func:`longest_edge_resize` to ``per_side`` sub-images (its processor's
+    ``size.longest_edge`` over ``max_image_size.longest_edge``), each edge rounded up to whole
+    sub-images. (rows, cols)."""
+    w, h = longest_edge_resize(width, height, per_side * tile_size)
+    return math.ceil(h / tile_size), math.ceil(w / tile_size)
+
+
 def stitch(tiles: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """(rows*cols, h, w, C) row-major tiles -> (rows*h, cols*w, C)."""
     rows, cols = grid
@@ -72,6 +90,8 @@ class TileLayout:
 
     open_token, context_token, close_token = "<img>", "<IMG_CONTEXT>", "</img>"
     mean, std = IMAGENET_MEAN, IMAGENET_STD
+    resample = Image.BICUBIC
+    thumbnail_of_whole = False  # the thumbnail is the original image resized (InternVL), not the resized one
 
     def __init__(self, image_size: int, patch_size: int, max_tiles: int = 1, use_thumbnail: bool = True,
                  factor: int = 2) -> None:
@@ -83,13 +103,21 @@ class TileLayout:
     def tokens_per_tile(self) -> int:
         return self.grid_side**2
 
+    def grid(self, width: int, height: int) -> tuple[int, int]:
+        """The (rows, cols) tiles of an image of this size."""
+        return tile_grid(width, height, self.max_tiles, self.image_size) if self.max_tiles > 1 else (1, 1)
+
+    def resize_whole(self, im: Image.Image, grid: tuple[int, int]) -> Image.Image:
+        """The image resized to its grid of tiles."""
+        return im.resize((grid[1] * self.image_size, grid[0] * self.image_size), self.resample)
+
     def prepare(self, im: Image.Image) -> ImageInput:
         s = self.image_size
-        rows, cols = tile_grid(im.width, im.height, self.max_tiles, s) if self.max_tiles > 1 else (1, 1)
-        big = im.resize((cols * s, rows * s), Image.BICUBIC)
+        rows, cols = self.grid(im.width, im.height)
+        big = self.resize_whole(im, (rows, cols))
         tiles = [big.crop((c * s, r * s, (c + 1) * s, (r + 1) * s)) for r in range(rows) for c in range(cols)]
         if self.use_thumbnail and len(tiles) > 1:
-            tiles.append(im.resize((s, s), Image.BICUBIC))
+            tiles.append((big if self.thumbnail_of_whole else im).resize((s, s), self.resample))
         return ImageInput(torch.stack([normalise(t, self.mean, self.std) for t in tiles]), (rows, cols), im.size)
 
     def n_tiles(self, grid: tuple[int, int]) -> int:
@@ -168,9 +196,11 @@ class NativeLayout:
 
 
 class SubImageLayout(TileLayout):
-    """SmolVLM (Idefics3): sub-images of ``image_size`` (InternVL's aspect-ratio grid of up to
-    ``max_tiles``) followed by a downscaled global image whenever there are several; a single tile
-    is the whole image, as the global image alone. Each sub-image is ``(image_size / patch / factor)²``
+    """SmolVLM (Idefics3): sub-images of ``image_size`` laid out by SmolVLM's own rule
+    (:func:`subimage_grid`: the longest edge becomes ``per_side`` sub-images, the largest number whose
+    square is at most ``max_tiles``), followed by a downscaled global image whenever there are
+    several; a single sub-image is the whole image, as the global image alone. Lanczos resampling and
+    0.5 / 0.5 normalisation, as SmolVLM's processor. Each sub-image is ``(image_size / patch / factor)²``
     tokens after ``<fake_token_around_image><row_r_col_c>``, a newline after each row of sub-images,
     then ``\\n<fake_token_around_image><global-img>``, its tokens and ``<fake_token_around_image>``.
     The head reads the sub-images, stitched; the global image reaches it only through the LLM."""
@@ -178,6 +208,22 @@ class SubImageLayout(TileLayout):
     open_token = close_token = "<fake_token_around_image>"
     context_token, global_token = "<image>", "<global-img>"
     mean = std = (0.5, 0.5, 0.5)
+    resample = Image.LANCZOS
+    thumbnail_of_whole = True
+
+    @property
+    def per_side(self) -> int:
+        """Sub-images along the longest edge (SmolVLM2's processor: 1536 / 384 = 4, so ``max_tiles`` 16)."""
+        return math.isqrt(self.max_tiles)
+
+    def grid(self, width: int, height: int) -> tuple[int, int]:
+        return subimage_grid(width, height, self.per_side, self.image_size)
+
+    def resize_whole(self, im: Image.Image, grid: tuple[int, int]) -> Image.Image:
+        """In SmolVLM's two steps: the longest edge to ``per_side`` sub-images (the other edge as in
+        :func:`subimage_grid`), then each edge up to whole sub-images; the global image is this, resized."""
+        size = longest_edge_resize(im.width, im.height, self.per_side * self.image_size)
+        return super().resize_whole(im.resize(size, self.resample), grid)
 
     def block(self, image: tuple[int, int] | int) -> list[str]:
         if isinstance(image, int):
