@@ -97,14 +97,14 @@ def test_int8_quantizes_the_vit_and_llm_linears_and_keeps_the_rest_float(tiny_mo
     fp = load_model(tiny_model_dir)
     q8 = load_model(tiny_model_dir, quantize="int8")
     assert fp.quantization is None and q8.quantization == "int8"
-    expected = {name for part in q.QUANTIZED_PARTS for name, m in fp.named_modules()
+    expected = {name for part in q.quantized_parts(fp.backbone) for name, m in fp.named_modules()
                 if name.startswith(part + ".") and isinstance(m, nn.Linear)}
     assert len(expected) >= 20  # q/k/v/o and MLPs of both towers
     found = q.quantized_modules(q8)
     assert set(found) == expected and set(found.values()) == {"int8"}
-    for part in q.QUANTIZED_PARTS:  # no float Linear left where int8 was asked for
+    for part in q.quantized_parts(fp.backbone):  # no float Linear left where int8 was asked for
         assert not [n for n, m in q8.get_submodule(part).named_modules() if isinstance(m, nn.Linear)]
-    for part in q.FLOAT_PARTS:  # the head, the projector and the LM head: float32 Linear, the same weights
+    for part in q.float_parts(fp.backbone):  # the head, the projector and the LM head: float32 Linear, the same weights
         linears = [(n, m) for n, m in q8.get_submodule(part).named_modules() if isinstance(m, nn.Linear)]
         assert linears
         for n, m in linears:
@@ -280,20 +280,27 @@ def test_bnb_modes_fail_clearly_without_bitsandbytes_or_cuda(mode, tiny_model_di
         load_model("tiny:tiny", quantize=mode, device="cuda")
 
 
-@pytest.mark.parametrize("mode", ["bnb8", "nf4"])
-def test_bnb_config_reaches_the_base_from_pretrained_and_the_head_stays_bf16(mode, tiny_model_dir, monkeypatch):
-    from transformers import BitsAndBytesConfig, InternVLForConditionalGeneration
+@pytest.mark.parametrize("mode,family_name", [("bnb8", "internvl"), ("nf4", "internvl"), ("nf4", "qwen3_vl")])
+def test_bnb_config_reaches_the_base_from_pretrained_and_the_head_stays_bf16(mode, family_name, tiny_model_dir,
+                                                                          tmp_path, monkeypatch):
+    from transformers import BitsAndBytesConfig
 
+    from self1e.model.backbones import FAMILIES
+
+    if family_name != "internvl":
+        load_model(f"tiny:{family_name}").save_pretrained(tmp_path / family_name)
+    folder = tiny_model_dir if family_name == "internvl" else tmp_path / family_name
+    model_class = FAMILIES[family_name].classes()[1]
     monkeypatch.setattr(q, "check_bnb_environment", lambda mode: None)
     calls = []
-    real = InternVLForConditionalGeneration.from_pretrained
+    real = model_class.from_pretrained
 
     def fake_from_pretrained(path, **kwargs):  # records the call, loads unquantized (no bitsandbytes here)
         calls.append(kwargs)
         return real(path, **{k: v for k, v in kwargs.items() if k not in ("quantization_config", "device_map")})
 
-    monkeypatch.setattr(InternVLForConditionalGeneration, "from_pretrained", fake_from_pretrained)
-    model = load_model(tiny_model_dir, quantize=mode, device="cuda:1")  # bf16 by default
+    monkeypatch.setattr(model_class, "from_pretrained", fake_from_pretrained)
+    model = load_model(folder, quantize=mode, device="cuda:1")  # bf16 by default
     (kwargs,) = calls
     config = kwargs["quantization_config"]
     assert isinstance(config, BitsAndBytesConfig) and kwargs["device_map"] == {"": "cuda:1"}
@@ -303,7 +310,8 @@ def test_bnb_config_reaches_the_base_from_pretrained_and_the_head_stays_bf16(mod
     else:
         assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4"
         assert config.bnb_4bit_compute_dtype == torch.bfloat16
-    assert set(config.llm_int8_skip_modules) == {"lm_head", "model.multi_modal_projector"}
+    assert set(config.llm_int8_skip_modules) == {"lm_head", *FAMILIES[family_name].float_paths}
+    assert "model.multi_modal_projector" in config.llm_int8_skip_modules or family_name != "internvl"
     assert model.quantization == mode
     assert all(type(m) is nn.Linear and m.weight.dtype == torch.bfloat16
                for m in model.head.modules() if isinstance(m, nn.Linear))
@@ -312,16 +320,6 @@ def test_bnb_config_reaches_the_base_from_pretrained_and_the_head_stays_bf16(mod
         model.train()
     with pytest.raises(ValueError, match="float32"):  # the unquantized load path is untouched
         q.check_target("int8", "cpu", torch.bfloat16)
-
-
-def test_bnb_skip_patterns_keep_the_projector_and_lm_head_and_convert_the_rest():
-    """transformers' own matcher applied to the base's Linear names with our skip patterns."""
-    utils = pytest.importorskip("transformers.quantizers.quantizers_utils")
-    base, _ = build_tiny_base("tiny", seed=0)
-    names = [n for n, m in base.named_modules() if isinstance(m, nn.Linear)]
-    kept = {n for n in names if not utils.should_convert_module(n, list(q.BNB_SKIP_MODULES))}
-    assert kept == {n for n in names if n == "lm_head" or n.startswith("model.multi_modal_projector.")}
-    assert {n.split(".")[1] for n in set(names) - kept} == {"vision_tower", "language_model"}
 
 
 def test_serve_cli_loads_the_int8_predictor(tiny_model_dir, monkeypatch):

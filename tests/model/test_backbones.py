@@ -243,10 +243,58 @@ def test_prefix_cache_and_image_size_on_native_resolution(name, tmp_path):
     assert load_model(tmp_path / "big").processor.image_input(image).grid == after
 
 
-@pytest.mark.parametrize("name", QWEN)
-def test_quantization_is_refused_for_other_backbones(name):
-    with pytest.raises(ValueError, match="InternVL backbones only"):
-        load_model(name, quantize="int8")
+@pytest.mark.parametrize("family_name", sorted(TINY))
+def test_int8_quantizes_the_vit_layers_and_llm_and_keeps_the_compression_float(family_name):
+    """Every family: int8 converts exactly the Linear layers of the ViT's layers and of the language
+    model; the head, the compression (Qwen's merger inside the vision module, Qwen3-VL's deepstack
+    mergers, SmolVLM's connector) and the LM head stay float with their weights; the masks follow
+    float32's (logits correlated >= 0.999). Breakage: a merger quantized with its ViT."""
+    from torch import nn
+
+    from self1e.model import quantize as q
+
+    fp, q8 = load_model(TINY[family_name], seed=3), load_model(TINY[family_name], seed=3, quantize="int8")
+    parts, kept = q.quantized_parts(fp.backbone), q.float_parts(fp.backbone)
+    expected = {n for part in parts for n, m in fp.named_modules()
+                if n.startswith(part + ".") and isinstance(m, nn.Linear)}
+    assert len(expected) >= 16 and set(q.quantized_modules(q8)) == expected
+    assert not any(n.startswith(k + ".") or n == k for n in expected for k in kept)
+    assert fp.backbone.projector_path in fp.backbone.float_paths
+    for part in kept:
+        linears = [(n, m) for n, m in q8.get_submodule(part).named_modules() if isinstance(m, nn.Linear)]
+        assert linears, part
+        for n, m in linears:
+            ref = fp.get_submodule(part).get_submodule(n) if n else fp.get_submodule(part)
+            assert m.weight.dtype == torch.float32 and torch.equal(m.weight, ref.weight)
+    assert set(q.quantized_modules(load_model(TINY[family_name], quantize="int8-vit"))) == {
+        n for n in expected if n.startswith(parts[0] + ".")}
+    image = _image(64, 48)
+    a, b = Self1ePredictor(fp), Self1ePredictor(q8)
+    a.set_image(image)
+    b.set_image(image)
+    la, lb = (p.predict_torch(["the red circle", "the blue star"]) for p in (a, b))
+    assert not torch.equal(la, lb)
+    assert np.corrcoef(la.flatten().numpy(), lb.flatten().numpy())[0, 1] >= 0.999
+
+
+@pytest.mark.parametrize("family_name", sorted(TINY))
+def test_bnb_skip_patterns_keep_each_familys_compression_and_lm_head(family_name):
+    """transformers' own matcher on each family's Linear names with our skip patterns: the LM head and
+    the compression kept, every other Linear (the ViT's layers, the LLM) converted."""
+    from torch import nn
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    from self1e.model import quantize as q
+    from self1e.model.backbones import FAMILIES
+
+    m = load_model(TINY[family_name])
+    adapter = FAMILIES[m.backbone.model_type]
+    names = [n for n, mod in m.base.named_modules() if isinstance(mod, nn.Linear)]
+    kept = {n for n in names if not should_convert_module(n, list(q.bnb_skip_modules(adapter)))}
+    assert kept == {n for n in names if n == "lm_head" or any(n.startswith(p + ".") for p in adapter.float_paths)}
+    converted = set(names) - kept
+    assert converted and all(n.startswith((adapter.vision_path + ".", adapter.language_path + ".")) for n in converted)
+    assert q.bnb_config("nf4", adapter).llm_int8_skip_modules == list(q.bnb_skip_modules(adapter))
 
 
 @pytest.mark.parametrize("name", QWEN)

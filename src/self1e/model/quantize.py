@@ -1,16 +1,19 @@
 """Quantized inference: int8 on the CPU (torch's dynamic quantization), 8-bit and 4-bit NF4 on CUDA
 (bitsandbytes through transformers' ``BitsAndBytesConfig``). Modes: :mod:`self1e.common.quantization`.
 
-What is quantized, in every mode: the ``nn.Linear`` layers of the vision tower (attention and MLP) and
-of the language model (q/k/v/o projections and the MLP), which hold nearly all of the compute and of
+What is quantized, in every mode and for every backbone family: the ``nn.Linear`` layers of the
+vision tower's layers (attention and MLP; the adapter's ``vision_path``) and of the language model
+(q/k/v/o projections and the MLP; ``language_path``), which hold nearly all of the compute and of
 the Linear weights. What stays in float (float32 for ``int8``, the load dtype, bf16 by default, for
 the bitsandbytes modes):
 
 - the mask head (``head``: RFA / RFR, ``g``, the [SEG] transform): small, and its dot product and
   depth-to-space decide every mask pixel;
-- the multi-modal projector: its output is the head's full-resolution feature map ``F_V1`` /
-  ``F_V1^HQ``, and :func:`self1e.model.pixel_shuffle.project_replicated` folds its LayerNorm into
-  its first Linear's weight matrix, which must stay a float matrix;
+- the compression (the adapter's ``float_paths``: InternVL's multi-modal projector, Qwen-VL's patch
+  merger, and Qwen3-VL's deepstack mergers, SmolVLM's connector): its output is the head's
+  full-resolution feature map ``F_V1`` / ``F_V1^HQ``, and self-replication folds it (with its
+  LayerNorm, where it has one) into float weight matrices
+  (:func:`self1e.model.pixel_shuffle.fold_replicated`);
 - the LM head (whose argmax decides every generated token, ``[SEG]`` included) and the embeddings
   (not Linear layers), as transformers' bitsandbytes loading does by default;
 - the ViT's patch embedding (a convolution) and every norm.
@@ -31,17 +34,30 @@ from torch import nn
 
 from self1e.common.quantization import CPU_MODES, GPU_MODES, QUANTIZE_MODES, parse_quantize
 
-__all__ = ["BNB_SKIP_MODULES", "FLOAT_PARTS", "INT8_PARTS", "QUANTIZED_PARTS", "QUANTIZE_MODES", "bnb_config",
-           "check_bnb_environment", "check_target", "count_parameters", "parse_quantize", "quantize_int8",
-           "quantized_modules", "weight_bytes"]
+__all__ = ["QUANTIZE_MODES", "bnb_config", "bnb_skip_modules", "check_bnb_environment", "check_target",
+           "count_parameters", "float_parts", "parse_quantize", "quantize_int8", "quantized_modules",
+           "quantized_parts", "weight_bytes"]
 
-# Submodules (of Self1eModel) whose nn.Linear layers are quantized, and those kept in float.
-QUANTIZED_PARTS = ("base.model.vision_tower", "base.model.language_model")
-INT8_PARTS = {"int8": QUANTIZED_PARTS, "int8-vit": ("base.model.vision_tower",)}  # per CPU mode
-FLOAT_PARTS = ("head", "base.model.multi_modal_projector", "base.lm_head")
-# The same float parts as transformers' skip patterns, relative to InternVLForConditionalGeneration
-# (a pattern matches a module name from its start up to a dot). The head is not part of the base.
-BNB_SKIP_MODULES = ("lm_head", "model.multi_modal_projector")
+
+
+def quantized_parts(backbone, mode: str = "int8") -> tuple[str, ...]:
+    """Submodules (of Self1eModel) whose nn.Linear layers ``mode`` quantizes: the ViT's layers and the
+    language model (``int8-vit``: the ViT's only; the bitsandbytes modes: as ``int8``)."""
+    vit, llm = f"base.{backbone.vision_path}", f"base.{backbone.language_path}"
+    return (vit,) if mode == "int8-vit" else (vit, llm)
+
+
+def float_parts(backbone) -> tuple[str, ...]:
+    """Submodules (of Self1eModel) that stay float in every mode: the head, the compression, the LM head."""
+    return ("head", *(f"base.{p}" for p in backbone.float_paths), "base.lm_head")
+
+
+def bnb_skip_modules(backbone) -> tuple[str, ...]:
+    """The float parts as transformers' bitsandbytes skip patterns, relative to the base model (a
+    pattern matches a module name from its start up to a dot). The head is not part of the base."""
+    return ("lm_head", *backbone.float_paths)
+
+
 BNB_DESCRIPTION = {"bnb8": "LLM.int8() 8-bit", "nf4": "4-bit NF4"}
 # Class names of bitsandbytes' quantized Linear modules (bitsandbytes is not imported to recognise them).
 BNB_CLASSES = {"Linear8bitLt": "bnb8", "Linear4bit": "nf4"}
@@ -100,13 +116,14 @@ def check_target(mode: str | None, device: torch.device | str | None, dtype: tor
                          "or quantize='int8' on the CPU")
 
 
-def bnb_config(mode: str, dtype: torch.dtype | None = None):
-    """transformers' ``BitsAndBytesConfig`` for ``bnb8`` / ``nf4``: the Linear layers of the ViT and the
-    LLM quantized, the projector and the LM head skipped (see the module docstring); NF4 computes in
-    ``dtype`` (bf16 by default) with double quantization of its scales."""
+def bnb_config(mode: str, backbone, dtype: torch.dtype | None = None):
+    """transformers' ``BitsAndBytesConfig`` for ``bnb8`` / ``nf4`` on a ``backbone`` family (an adapter
+    class): the Linear layers of the ViT and the LLM quantized, the compression and the LM head
+    skipped (see the module docstring); NF4 computes in ``dtype`` (bf16 by default) with double
+    quantization of its scales."""
     from transformers import BitsAndBytesConfig
 
-    skip = list(BNB_SKIP_MODULES)
+    skip = list(bnb_skip_modules(backbone))
     if mode == "bnb8":
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     if mode == "nf4":
@@ -132,12 +149,13 @@ def _dynamic_quantization():
 
 
 def quantize_int8(model: nn.Module, mode: str = "int8") -> dict[str, str]:
-    """Quantize, in place, the ``nn.Linear`` layers under ``INT8_PARTS[mode]`` (``int8``: the ViT and the
-    language model, :data:`QUANTIZED_PARTS`; ``int8-vit``: the ViT) of a float32 CPU
-    :class:`~self1e.model.Self1eModel` to int8 weights (per output channel where the engine allows,
-    activations quantized per call). Returns :func:`quantized_modules`. Everything else is untouched."""
-    if mode not in INT8_PARTS:
-        raise ValueError(f"quantize_int8: mode must be one of {', '.join(INT8_PARTS)}, got {mode!r}")
+    """Quantize, in place, the ``nn.Linear`` layers under :func:`quantized_parts` (``int8``: the ViT's
+    layers and the language model; ``int8-vit``: the ViT's) of a float32 CPU
+    :class:`~self1e.model.Self1eModel` of any family to int8 weights (per output channel where the
+    engine allows, activations quantized per call). Returns :func:`quantized_modules`. Everything
+    else (:func:`float_parts`) is untouched."""
+    if mode not in CPU_MODES:
+        raise ValueError(f"quantize_int8: mode must be one of {', '.join(CPU_MODES)}, got {mode!r}")
     if getattr(model, "quantization", None) is not None:
         raise ValueError(f"the model is already quantized ({model.quantization})")
     weight = model.head.g.net[0].weight
@@ -153,7 +171,7 @@ def quantize_int8(model: nn.Module, mode: str = "int8") -> dict[str, str]:
         warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization is deprecated",
                                 category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=r".*quantize_per_(tensor|channel)", category=UserWarning)
-        for part in INT8_PARTS[mode]:
+        for part in quantized_parts(model.backbone, mode):
             ao.quantize_dynamic(model.get_submodule(part), {nn.Linear: qconfig}, dtype=torch.qint8, inplace=True)
     model.quantization = mode
     return quantized_modules(model)

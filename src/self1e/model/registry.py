@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from self1e.common.quantization import CPU_MODES, GPU_MODES, parse_quantize
+from self1e.model.backbones import family
 from self1e.model.config import Self1eConfig
 from self1e.model.quantize import bnb_config, check_target, quantize_int8
 from self1e.model.self1e import Self1eModel, resolve_settings
@@ -71,10 +72,14 @@ def load_model(name_or_path: str | Path, config: Self1eConfig | Mapping[str, Any
         bnb = mode in GPU_MODES
         if bnb and dtype is None:  # what stays unquantized (the mask head included) is bf16
             dtype = torch.bfloat16
+        quantization_config = None
+        if bnb:  # the family decides what stays float
+            adapter = family(load_base_config(resolve_model_path(name_or_path)).model_type)
+            quantization_config = bnb_config(mode, adapter, dtype)
         model = Self1eModel.from_pretrained(name_or_path, config=config, dtype=dtype,
                                             attn_implementation=attn_implementation,
                                             device=(device or "cuda") if bnb else device, new_head=new_head,
-                                            quantization_config=bnb_config(mode, dtype) if bnb else None)
+                                            quantization_config=quantization_config)
         return _quantized(model, mode)
     if mode in GPU_MODES:
         raise ValueError(f"quantize={mode!r} quantizes while transformers loads a checkpoint folder; {name_or_path} is "
@@ -95,8 +100,6 @@ def build_random_base(config_path: str, seed: int = 0, dtype: torch.dtype | None
     holding one, or the file itself; any supported family) and the tiny tokenizer (without ``[SEG]``):
     the image token ids are remapped to the tokenizer's, the vocabulary keeps the config's size.
     ``dtype`` builds the weights directly in it (a 2B model in bfloat16 never exists in float32)."""
-    from self1e.model.backbones import family
-
     path = Path(config_path)
     folder = path.parent if path.name == "config.json" else path
     if not (folder / "config.json").is_file():
@@ -115,9 +118,6 @@ def build_random_base(config_path: str, seed: int = 0, dtype: torch.dtype | None
 
 def _quantized(model: Self1eModel, mode: str | None) -> Self1eModel:
     """``model`` converted to int8 (``int8``, ``int8-vit``) or marked as loaded by bitsandbytes."""
-    if mode is not None and model.backbone.model_type != "internvl":
-        raise ValueError(f"quantize={mode!r} is implemented for InternVL backbones only (its parts kept in float are "
-                         f"named for InternVL); this model is {model.backbone.model_type}: load it without quantize=")
     if mode in CPU_MODES:
         quantize_int8(model, mode)
     elif mode is not None:

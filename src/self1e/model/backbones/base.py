@@ -46,6 +46,8 @@ class Backbone:
     config_class: ClassVar[str]
     projector_path: ClassVar[str]  # the compression (space-to-depth + MLP) whose self-replication the head uses
     language_path: ClassVar[str] = "model.language_model"
+    vision_path: ClassVar[str]  # the ViT's layers, without the compression (what quantization converts)
+    float_paths: ClassVar[tuple[str, ...]]  # kept in float by quantization: the compression (and its kin)
     llm_lora_scope: ClassVar[str] = r"model\.language_model\.layers\.\d+\..*\b"
     vit_lora_scope: ClassVar[str]
     vit_lora_targets: ClassVar[tuple[str, ...]]

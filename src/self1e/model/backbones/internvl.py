@@ -20,6 +20,8 @@ class InternVL(Backbone):
     model_class = "InternVLForConditionalGeneration"
     config_class = "InternVLConfig"
     projector_path = "model.multi_modal_projector"
+    vision_path = "model.vision_tower"
+    float_paths = ("model.multi_modal_projector",)
     # transformers' InternVL vision layers: attention.{q,k,v}_proj (the original "qkv", split),
     # attention.projection_layer (the original "proj"), mlp.fc1, mlp.fc2.
     vit_lora_scope = r"model\.vision_tower\.encoder\.layer\.\d+\..*\b"
