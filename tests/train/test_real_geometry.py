@@ -4,7 +4,9 @@ target checked to exist), gradient checkpointing and two training steps in bfloa
 and total parameters and the peak memory of the process. Not part of ``make test`` (bfloat16 matrix
 products on a CPU without native bf16 take many minutes at these shapes): ``make test-realsize`` runs
 it and prints them, with the CPU's matrix-product speed in that dtype and in float32.
-``SELF1E_REALSIZE_DTYPE=float32`` runs the same steps in float32, for a CPU whose bfloat16 is too slow."""
+``SELF1E_REALSIZE_DTYPE=float32`` runs the same steps in float32, for a CPU whose bfloat16 is too slow.
+The same recipe steps run in bfloat16 on each family's tiny model in ``make test``, and the recipes'
+LoRA targets are checked at the real shapes on the meta device there too."""
 from __future__ import annotations
 
 import os
@@ -21,6 +23,10 @@ from self1e.train.setup import build_batches, check_lora_targets, configure_trai
 
 ROOT = Path(__file__).resolve().parents[2]
 DTYPE = getattr(torch, os.environ.get("SELF1E_REALSIZE_DTYPE", "bfloat16"))
+# "sgd": plain SGD instead of the recipe's AdamW, without its two float32 moments per trainable weight
+# (for a machine whose memory the real shapes plus AdamW's state exceed; the forward, backward, LoRA
+# and train_full are the recipe's)
+OPTIMIZER = os.environ.get("SELF1E_REALSIZE_OPTIMIZER", "adamw")
 
 
 def matmul_gflops(dtype: torch.dtype) -> float:
@@ -46,29 +52,30 @@ def vit_depth(vision_config) -> int:
     return getattr(vision_config, "num_hidden_layers", None) or vision_config.depth
 
 
-@pytest.mark.slow
-@pytest.mark.realsize
-@pytest.mark.parametrize("geometry", sorted(GEOMETRIES))
-def test_recipe_two_lora_steps_at_real_geometry_on_cpu(geometry):
-    recipe, folder, shapes, billions, image_size = GEOMETRIES[geometry]
-    print(f"\nmatrix products on this CPU: {matmul_gflops(DTYPE):.1f} GFLOP/s in {str(DTYPE)[6:]}, "
-          f"{matmul_gflops(torch.float32):.1f} in float32", flush=True)
+def two_lora_steps(recipe: str, model_name: str, dtype: torch.dtype, shapes=None, image_size=None,
+                   optimizer_name: str = "adamw"):
+    """The recipe's LoRA, gradient checkpointing and two AdamW (or ``"sgd"``) steps on ``model_name``
+    in ``dtype``; every LoRA target must adapt a module in every layer. (model, trainable parameters, losses)."""
     cfg = load_config(ROOT / "configs" / recipe,
-                      [f"model=random:{ROOT / 'configs' / 'models' / folder}", "data=[refshapes:train:8:0]",
-                       "batch_size=1", "expressions_per_image=1", "num_workers=0", "val=null"])
-    start = time.time()
-    model = load_model(cfg.model, config=cfg.self1e, dtype=DTYPE)
+                      [f"model={model_name}", "data=[refshapes:train:8:0]", "batch_size=1", "expressions_per_image=1",
+                       "num_workers=0", "val=null"])
+    model = load_model(cfg.model, config=cfg.self1e, dtype=dtype)
     vit, llm = model.base.config.vision_config, model.base.config.text_config
-    assert (vit.hidden_size, vit_depth(vit), llm.hidden_size, llm.num_hidden_layers, llm.vocab_size) == shapes
-    assert model.processor.image_size == image_size
+    depths = (vit_depth(vit), llm.num_hidden_layers)
+    if shapes is not None:
+        assert (vit.hidden_size, depths[0], llm.hidden_size, depths[1], llm.vocab_size) == shapes
+        assert model.processor.image_size == image_size
     counts = check_lora_targets(model, cfg.lora)
-    assert counts == {**{f"llm_targets.{t}": shapes[3] for t in cfg.lora.llm_targets},
-                      **{f"vit_targets.{t}": shapes[1] for t in cfg.lora.vit_targets}}  # each target in every layer
+    assert counts == {**{f"llm_targets.{t}": depths[1] for t in cfg.lora.llm_targets},
+                      **{f"vit_targets.{t}": depths[0] for t in cfg.lora.vit_targets}}  # each target in every layer
     model.base.activation_checkpointing_enable({"use_reentrant": False})  # as the loop does
     trainable = configure_trainable(model, cfg.lora)
     model.train()
     batches = iter(build_batches(cfg, model, 0, 1))
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=cfg.betas)
+    if optimizer_name not in ("adamw", "sgd"):
+        raise ValueError(f"SELF1E_REALSIZE_OPTIMIZER: adamw or sgd, not {optimizer_name!r}")
+    optimizer = (torch.optim.AdamW(trainable, lr=cfg.lr, betas=cfg.betas) if optimizer_name == "adamw"
+                 else torch.optim.SGD(trainable, lr=cfg.lr))
     before = [p.detach().clone() for p in trainable[:4]]
     losses = []
     for _ in range(2):
@@ -80,13 +87,40 @@ def test_recipe_two_lora_steps_at_real_geometry_on_cpu(geometry):
         losses.append(float(out.loss.detach()))
     assert all(torch.isfinite(torch.tensor(losses)))
     assert any(not torch.equal(b, p.detach()) for b, p in zip(before, trainable[:4]))  # the step moved weights
-    assert all(p.dtype == DTYPE for p in model.parameters())
+    assert all(p.dtype == dtype for p in model.parameters())
+    return model, trainable, losses
+
+
+@pytest.mark.slow
+@pytest.mark.realsize
+@pytest.mark.parametrize("geometry", sorted(GEOMETRIES))
+def test_recipe_two_lora_steps_at_real_geometry_on_cpu(geometry):
+    recipe, folder, shapes, billions, image_size = GEOMETRIES[geometry]
+    print(f"\nmatrix products on this CPU: {matmul_gflops(DTYPE):.1f} GFLOP/s in {str(DTYPE)[6:]}, "
+          f"{matmul_gflops(torch.float32):.1f} in float32", flush=True)
+    start = time.time()
+    model, trainable, losses = two_lora_steps(recipe, f"random:{ROOT / 'configs' / 'models' / folder}", DTYPE,
+                                              shapes, image_size, OPTIMIZER)
     n_train, n_all = sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters())
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"\n{geometry} geometry, {str(DTYPE)[6:]}, LoRA r{cfg.lora.r}: {n_train / 1e6:.1f} M trainable of "
-          f"{n_all / 1e6:.1f} M parameters; losses {losses[0]:.3f}, {losses[1]:.3f}; peak memory {peak_gib:.1f} GiB; "
-          f"{time.time() - start:.0f} s")
+    rank = load_config(ROOT / "configs" / recipe, []).lora.r
+    print(f"\n{geometry} geometry, {str(DTYPE)[6:]}, {OPTIMIZER}, LoRA r{rank}: "
+          f"{n_train / 1e6:.1f} M trainable of {n_all / 1e6:.1f} M parameters; losses {losses[0]:.3f}, "
+          f"{losses[1]:.3f}; peak memory {peak_gib:.1f} GiB; {time.time() - start:.0f} s")
     assert billions[0] * 1e9 < n_all < billions[1] * 1e9 and 0 < n_train < n_all / 2
+
+
+TINY_OF = {"internvl3-2b": "tiny:small", "qwen2.5-vl-3b": "tiny:qwen2_5_vl", "qwen3-vl-2b": "tiny:qwen3_vl",
+           "smolvlm2-2.2b": "tiny:smolvlm"}
+
+
+@pytest.mark.parametrize("geometry", sorted(GEOMETRIES))
+def test_recipe_two_lora_steps_in_bfloat16_at_tiny_geometry(geometry):
+    """The same two steps in bfloat16 on the family's tiny model (in ``make test``): the dtype path of
+    every recipe (LoRA, train_full, gradient checkpointing, the head and its losses) at tiny widths,
+    since this CPU's bfloat16 is too slow for the real shapes."""
+    _, trainable, losses = two_lora_steps(GEOMETRIES[geometry][0], TINY_OF[geometry], torch.bfloat16)
+    assert trainable and losses[0] > 0
 
 
 @pytest.mark.parametrize("geometry", sorted(GEOMETRIES))
