@@ -39,7 +39,6 @@ __all__ = ["QUANTIZE_MODES", "bnb_config", "bnb_skip_modules", "check_bnb_enviro
            "quantized_parts", "weight_bytes"]
 
 
-
 def quantized_parts(backbone, mode: str = "int8") -> tuple[str, ...]:
     """Submodules (of Self1eModel) whose nn.Linear layers ``mode`` quantizes: the ViT's layers and the
     language model (``int8-vit``: the ViT's only; the bitsandbytes modes: as ``int8``)."""
