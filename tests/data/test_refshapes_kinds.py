@@ -11,7 +11,12 @@ from self1e.data.refshapes_text import COLOURS, NUMBERS
 
 def test_vqa_dataset_has_only_answerable_questions():
     samples = load_dataset("refshapes-vqa:train:60:3:96")
-    assert len(samples) == 60 and all(s.is_vqa and s.kind == "vqa" for s in samples)
+    assert len(samples) == 60 and all(s.is_vqa for s in samples)
+    opening = {"vqa-colour": ("What color", "What colour"), "vqa-count": ("How many",), "vqa-exists": ("Is there",)}
+    assert {s.kind for s in samples} == set(opening)  # the kind of question, for the training mix's `kinds`
+    assert all(s.question.startswith(opening[s.kind]) for s in samples)
+    counting = load_dataset("refshapes-vqa:train:60:3:96", kinds=["vqa-count"])
+    assert [s.question for s in counting] == [s.question for s in samples if s.question.startswith("How many")]
     answers = {s.answer.rstrip(".").lower() for s in samples}
     assert answers <= {*COLOURS, *NUMBERS, "yes", "no"} and len(answers) > 4
     for s in samples:  # recount against the scene itself: the answers are true

@@ -418,9 +418,9 @@ def iter_samples(split: str, seed: int, n: int, size: int = 224, per_image: int 
                 instances=tuple(LazyMask(image, frozenset({i})) for i in sorted(ph.target)) if multi else None,
                 where=f"refshapes:{split}:{seed}:{k}")
             k += 1
-        for q, a, _ in item.vqa:
+        for q, a, kind in item.vqa:
             yield Sample(id=f"{k:06d}", image=image, question=q, answer=a,
-                         kind="vqa", where=f"refshapes:{split}:{seed}:{k}")
+                         kind=kind, where=f"refshapes:{split}:{seed}:{k}")
             k += 1
 
 
@@ -439,7 +439,7 @@ def iter_vqa_samples(split: str, seed: int, n: int, size: int = 224, per_image: 
             if item is None or item[0] in asked or k >= n:
                 continue
             asked.add(item[0])
-            yield Sample(id=f"{k:06d}", image=image, question=item[0], answer=item[1], kind="vqa",
+            yield Sample(id=f"{k:06d}", image=image, question=item[0], answer=item[1], kind=item[2],
                          where=f"refshapes-vqa:{split}:{seed}:{k}")
             k += 1
         index += 1
@@ -510,8 +510,8 @@ def generate(out_dir: str | Path, split: str, n: int, seed: int, size: int = 224
 
     Returns the path of the JSONL file. Referring lines have ``id``, ``image``, ``text``, ``mask``
     (null for no target), ``kind`` and, for multi-target lines, ``instances``; VQA lines have
-    ``question``, ``answer`` and ``kind`` "vqa"; multi-object lines add ``phrases`` and one
-    ``instances`` entry per phrase (null for an absent object).
+    ``question``, ``answer`` and ``kind`` (``vqa-colour``, ``vqa-count`` or ``vqa-exists``); multi-object
+    lines add ``phrases`` and one ``instances`` entry per phrase (null for an absent object).
     """
     from self1e.data.jsonl import sample_to_record
 

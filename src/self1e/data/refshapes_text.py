@@ -57,8 +57,7 @@ TEMPLATES: dict[tuple[str, str | None], tuple[str, ...]] = {
     ("multi", "two"): ("the two {p}",),
     ("multi", "three"): ("the three {p}",),
 }
-VQA_TEMPLATES = ("What color is the {s}?", "What colour is the {s}?", "How many {p} are there?",
-                 "Is there a {c} {s}?")
+COLOUR_QUESTIONS = ("What color is the {s}?", "What colour is the {s}?")
 _PRENOMINAL = ("the left ", "the right ", "the upper ", "the top ", "the lower ", "the bottom ")
 
 
@@ -292,16 +291,17 @@ def _propose_none(objs: list[Obj], rng: np.random.Generator,
 
 def propose_vqa(objs: list[Obj], rng: np.random.Generator,
                 pair_ok: Callable[[str, str], bool]) -> tuple[str, str, str] | None:
-    """A (question, answer, template) about the scene: colour of a unique shape, count, existence."""
+    """A (question, answer, kind) about the scene; the kinds (the samples' ``kind``): ``vqa-colour``
+    (the colour of a unique shape), ``vqa-count`` (how many of a shape, or of a coloured shape) and
+    ``vqa-exists`` (is there a coloured shape), chosen with equal chance."""
     choice = int(rng.integers(3))
     if choice == 0:
         unique = [o for o in objs if o.visible >= REFER_MIN_VISIBLE
                   and sum(p.shape == o.shape for p in objs) == 1]
         if unique:
             o = _pick(rng, unique)
-            template = _pick(rng, VQA_TEMPLATES[:2])
-            return (template.format(s=_pick(rng, NOUNS[o.shape])), o.colour.capitalize() + ".",
-                    template)
+            template = _pick(rng, COLOUR_QUESTIONS)
+            return template.format(s=_pick(rng, NOUNS[o.shape])), o.colour.capitalize() + ".", "vqa-colour"
         choice = 1
     if choice == 1:
         if rng.random() < 0.75:  # mostly about what is there, so "Zero." does not dominate
@@ -315,7 +315,7 @@ def propose_vqa(objs: list[Obj], rng: np.random.Generator,
             colour = None
         count = sum(NP(colour, shape).matches(o) for o in objs)
         noun = np_text(NP(colour, shape), rng, plural_form=True)
-        return f"How many {noun} are there?", NUMBERS[count].capitalize() + ".", VQA_TEMPLATES[2]
+        return f"How many {noun} are there?", NUMBERS[count].capitalize() + ".", "vqa-count"
     o = _pick(rng, objs)
     colour, shape = o.colour, o.shape
     if rng.random() < 0.5:  # ask about an absent pair half of the time
@@ -326,4 +326,4 @@ def propose_vqa(objs: list[Obj], rng: np.random.Generator,
     present = any((p.colour, p.shape) == (colour, shape) for p in objs)
     article = "an" if colour[0] in "aeiou" else "a"
     q = f"Is there {article} {colour} {_pick(rng, NOUNS[shape])}?"
-    return q, "Yes." if present else "No.", VQA_TEMPLATES[3]
+    return q, "Yes." if present else "No.", "vqa-exists"
