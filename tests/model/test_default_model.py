@@ -54,7 +54,7 @@ def test_default_model_talks_and_decides_when_to_segment():
     for (group, key), floor in CHAT_FLOORS.items():
         assert chat[group][key] >= floor, f"{group} {key} {chat[group][key]:.3f} fell below {floor}"
     seg = chat["segmentation"]  # masks through chat agree with predict() (measured 0.859 against 0.882)
-    assert abs(seg["chat_cIoU"] - seg["predict_cIoU"]) <= 0.035
+    assert abs(seg["chat_cIoU"] - seg["predict_cIoU"]) <= 0.03
     multi = chat["multi_object"]  # objects asked together come out nearly as well as alone (0.834 against 0.825)
     assert multi["one_at_a_time_cIoU"] - multi["per_object_cIoU"] <= 0.05
 
