@@ -265,3 +265,28 @@ def test_backbones_benchmark_trains_each_family_and_resumes(tmp_path):
     assert "| smolvlm | `tiny:smolvlm` |" in out.with_suffix(".md").read_text()
     with pytest.raises(SystemExit):
         script.main(["--families", "llava", *args])
+
+
+def test_count_probe_reads_a_count_that_is_there_and_not_one_that_is_not():
+    """The probe itself: a count written (noisily) into the features is read back; labels shuffled
+    against the features are not."""
+    import numpy as np
+
+    probe = load_script("count_probe")
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, 600)
+    x = (rng.normal(0, 0.3, (600, 16)) + np.eye(16)[y] * 2).astype(np.float32)
+    assert probe.linear_probe(x, y, 400, steps=300) > 0.95
+    assert probe.linear_probe(x, rng.permutation(y), 400, steps=300) < 0.45
+
+
+def test_count_probe_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir):
+    out = tmp_path / "count.json"
+    report = load_script("count_probe").main(["--model", str(tiny_model_dir), "--questions", "5",
+                                              "--probe-train", "8", "--probe-test", "4", "--out", str(out)])
+    assert json.loads(out.read_text()) == report
+    r = report["results"][0]
+    assert r["questions"] == 5 == sum(c["n"] for c in r["confusion"]) == sum(v["n"] for v in r["by_true_count"].values())
+    right = sum(c["n"] for c in r["confusion"] if c["truth"] == c["answer"])
+    assert r["exact_match"] == right / 5 and r["probe"]["test"] == 4
+    assert all(0 <= r["probe"][k] <= 1 for k in ("accuracy", "model_on_the_same", "majority_answer"))

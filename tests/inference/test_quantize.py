@@ -310,7 +310,7 @@ def test_bnb_config_reaches_the_base_from_pretrained_and_the_head_stays_bf16(mod
     else:
         assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4"
         assert config.bnb_4bit_compute_dtype == torch.bfloat16
-    assert set(config.llm_int8_skip_modules) == {"lm_head", *FAMILIES[family_name].float_paths}
+    assert set(config.llm_int8_skip_modules) == {"lm_head", *FAMILIES[family_name].float_paths()}
     assert "model.multi_modal_projector" in config.llm_int8_skip_modules or family_name != "internvl"
     assert model.quantization == mode
     assert all(type(m) is nn.Linear and m.weight.dtype == torch.bfloat16

@@ -259,7 +259,7 @@ def test_int8_quantizes_the_vit_layers_and_llm_and_keeps_the_compression_float(f
                 if n.startswith(part + ".") and isinstance(m, nn.Linear)}
     assert len(expected) >= 16 and set(q.quantized_modules(q8)) == expected
     assert not any(n.startswith(k + ".") or n == k for n in expected for k in kept)
-    assert fp.backbone.projector_path in fp.backbone.float_paths
+    assert fp.backbone.float_paths()[0] == fp.backbone.projector_path
     for part in kept:
         linears = [(n, m) for n, m in q8.get_submodule(part).named_modules() if isinstance(m, nn.Linear)]
         assert linears, part
@@ -291,7 +291,7 @@ def test_bnb_skip_patterns_keep_each_familys_compression_and_lm_head(family_name
     adapter = FAMILIES[m.backbone.model_type]
     names = [n for n, mod in m.base.named_modules() if isinstance(mod, nn.Linear)]
     kept = {n for n in names if not should_convert_module(n, list(q.bnb_skip_modules(adapter)))}
-    assert kept == {n for n in names if n == "lm_head" or any(n.startswith(p + ".") for p in adapter.float_paths)}
+    assert kept == {n for n in names if n == "lm_head" or any(n.startswith(p + ".") for p in adapter.float_paths())}
     converted = set(names) - kept
     assert converted and all(n.startswith((adapter.vision_path + ".", adapter.language_path + ".")) for n in converted)
     assert q.bnb_config("nf4", adapter).llm_int8_skip_modules == list(q.bnb_skip_modules(adapter))

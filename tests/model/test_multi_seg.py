@@ -269,3 +269,35 @@ def test_added_llm_layers_start_as_the_identity(tmp_path):
         assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(after.mask_logits, loaded(batch).mask_logits))
     with pytest.raises(ValueError, match="n must be >= 1"):
         model.add_llm_layers(0)
+
+
+def test_added_vit_layers_start_as_the_identity(tmp_path):
+    """``add_vit_layers``: masks and LM logits unchanged, the new layers trainable (a gradient reaches
+    them), saved and loaded back; a native-resolution backbone refuses."""
+    from self1e.model import load_model
+
+    model = make()
+    p = model.processor
+    batch = p.segmentation_batch([p.image_input(picture(6))], ["the red circle", "the blue star"], [0, 0])
+    layers = model.base.model.vision_tower.encoder.layer
+    with torch.no_grad():
+        before = model(batch, return_lm_logits=True)
+        n = len(layers)
+        model.add_vit_layers(2, seed=1)
+        after = model(batch, return_lm_logits=True)
+    assert len(layers) == n + 2 == model.base.config.vision_config.num_hidden_layers
+    assert torch.equal(before.lm_logits, after.lm_logits)
+    assert all(torch.equal(a, b) for a, b in zip(before.mask_logits, after.mask_logits))
+    new = layers[-1]
+    assert float(new.attention.q_proj.weight.std()) > 0 and float(new.mlp.fc2.weight.abs().max()) == 0
+    model(batch).mask_logits[0].sum().backward()
+    assert float(new.mlp.fc2.weight.grad.abs().max()) > 0
+    model.save_pretrained(tmp_path / "grown")
+    loaded = load_model(tmp_path / "grown")
+    assert len(loaded.base.model.vision_tower.encoder.layer) == n + 2
+    with torch.no_grad():
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(after.mask_logits, loaded(batch).mask_logits))
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        model.add_vit_layers(0)
+    with pytest.raises(ValueError, match="InternVL only"):
+        load_model("tiny:smolvlm").add_vit_layers(1)

@@ -99,17 +99,18 @@ def test_overfits_a_handful_of_samples(boxes, tmp_path):
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["max_steps"] == 300
 
 
-@pytest.mark.parametrize("grow", [0, 1])
-def test_resume_continues_exactly(boxes, tmp_path, grow):
-    """Also with ``add_llm_layers`` (the grown layers are rebuilt, then restored from the checkpoint)."""
+@pytest.mark.parametrize("grow,part", [(0, "llm"), (1, "llm"), (1, "vit")])
+def test_resume_continues_exactly(boxes, tmp_path, grow, part):
+    """Also with ``add_llm_layers`` / ``add_vit_layers`` (the grown layers are rebuilt, then restored
+    from the checkpoint)."""
     from self1e.cli import main
 
     straight, split = tmp_path / "straight", tmp_path / "split"
-    train(tiny_cfg(boxes, straight, "max_steps=6", "save_every=2", f"add_llm_layers={grow}"))
+    train(tiny_cfg(boxes, straight, "max_steps=6", "save_every=2", f"add_{part}_layers={grow}"))
     # first half through the CLI (stop_at keeps the 6-step schedule), second half resumed
     common = ["--set", "model=tiny:tiny", "--set", f"data=[{boxes}]", "--set", "lora.enabled=false",
               "--set", "lr=3e-3", "--set", "warmup_steps=2", "--set", "log_every=1", "--set", "batch_size=1",
-              "--set", "max_steps=6", "--set", "save_every=2", "--set", f"add_llm_layers={grow}"]
+              "--set", "max_steps=6", "--set", "save_every=2", "--set", f"add_{part}_layers={grow}"]
     assert main(["train", "--out", str(split), *common, "--set", "stop_at=3"]) == 0
     assert ckpt.latest_checkpoint(split).name == "step_000003"
     assert main(["train", "--out", str(split), *common, "--resume"]) == 0
@@ -124,11 +125,12 @@ def test_resume_continues_exactly(boxes, tmp_path, grow):
     if grow:  # the exported model has the extra layer, and training moved its zero projections
         from self1e.model import load_model
 
-        layers = json.loads((split / "final" / "config.json").read_text())["text_config"]["num_hidden_layers"]
-        key = "language_model.model.layers."  # (the checkpoint's own key layout)
-        last = max(int(k.split(key)[1].split(".")[0]) for k in wb if key in k)
-        assert layers == last + 1 == load_model("tiny:tiny").base.config.text_config.num_hidden_layers + 1
-        assert float(wb[f"{key}{last}.self_attn.o_proj.weight"].abs().max()) > 0
+        section, key, moved = {"llm": ("text_config", "language_model.model.layers.", "self_attn.o_proj.weight"),
+                               "vit": ("vision_config", "vision_tower.encoder.layer.", "mlp.fc2.weight")}[part]
+        layers = json.loads((split / "final" / "config.json").read_text())[section]["num_hidden_layers"]
+        last = max(int(k.split(key)[1].split(".")[0]) for k in wb if key in k)  # (the checkpoint's own keys)
+        assert layers == last + 1 == getattr(load_model("tiny:tiny").base.config, section).num_hidden_layers + 1
+        assert float(wb[f"{key}{last}.{moved}"].abs().max()) > 0
 
 
 def test_crash_mid_save_keeps_previous_checkpoint(boxes, tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ the bitsandbytes modes):
 
 - the mask head (``head``: RFA / RFR, ``g``, the [SEG] transform): small, and its dot product and
   depth-to-space decide every mask pixel;
-- the compression (the adapter's ``float_paths``: InternVL's multi-modal projector, Qwen-VL's patch
+- the compression (the adapter's ``float_paths()``: InternVL's multi-modal projector, Qwen-VL's patch
   merger, and Qwen3-VL's deepstack mergers, SmolVLM's connector): its output is the head's
   full-resolution feature map ``F_V1`` / ``F_V1^HQ``, and self-replication folds it (with its
   LayerNorm, where it has one) into float weight matrices
@@ -48,13 +48,13 @@ def quantized_parts(backbone, mode: str = "int8") -> tuple[str, ...]:
 
 def float_parts(backbone) -> tuple[str, ...]:
     """Submodules (of Self1eModel) that stay float in every mode: the head, the compression, the LM head."""
-    return ("head", *(f"base.{p}" for p in backbone.float_paths), "base.lm_head")
+    return ("head", *(f"base.{p}" for p in backbone.float_paths()), "base.lm_head")
 
 
 def bnb_skip_modules(backbone) -> tuple[str, ...]:
     """The float parts as transformers' bitsandbytes skip patterns, relative to the base model (a
     pattern matches a module name from its start up to a dot). The head is not part of the base."""
-    return ("lm_head", *backbone.float_paths)
+    return ("lm_head", *backbone.float_paths())
 
 
 BNB_DESCRIPTION = {"bnb8": "LLM.int8() 8-bit", "nf4": "4-bit NF4"}

@@ -205,6 +205,15 @@ class Self1eModel(nn.Module):
                 nn.init.zeros_(layer.mlp.down_proj.weight)
                 lm.layers.append(layer.to(ref.input_layernorm.weight.device, ref.input_layernorm.weight.dtype))
 
+    def add_vit_layers(self, n: int, seed: int = 0) -> None:
+        """Append ``n`` vision-encoder layers, each the identity at first (InternVL; the vision side of
+        :meth:`add_llm_layers`: every output is unchanged until training moves them)."""
+        if n < 1:
+            raise ValueError(f"add_vit_layers: n must be >= 1, got {n}")
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self.backbone.add_vit_layers(n)
+
     # ---- construction ---------------------------------------------------------------------------
     @classmethod
     def from_base(cls, base, tokenizer, config: Self1eConfig | None = None) -> Self1eModel:

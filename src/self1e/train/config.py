@@ -113,6 +113,7 @@ class TrainConfig:
     image_size: int | None = None  # train at this tile size: the ViT position embeddings are resampled (None: keep)
     new_head: bool = False  # from a self1e checkpoint: keep its backbone and LLM, start a fresh mask head
     add_llm_layers: int = 0  # append this many decoder layers, each the identity at first, to the LLM (more depth)
+    add_vit_layers: int = 0  # the same for the vision encoder (InternVL)
     # -- data
     data: tuple[DataSpec, ...] = ()  # the training mix; at least one segmentation sample per micro-batch
     mix: MixSettings = field(default_factory=MixSettings)  # how the sources are mixed (ratio or repeat)
@@ -173,8 +174,9 @@ class TrainConfig:
         for name in ("image_size", "stop_at"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"config key '{name}' must be >= 1 or null, got {getattr(self, name)}")
-        if self.add_llm_layers < 0:
-            raise ValueError(f"config key 'add_llm_layers' must be >= 0, got {self.add_llm_layers}")
+        for name in ("add_llm_layers", "add_vit_layers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"config key '{name}' must be >= 0, got {getattr(self, name)}")
         if self.max_minutes is not None and self.max_minutes < 0:
             raise ValueError(f"config key 'max_minutes' must be >= 0 or null, got {self.max_minutes}")
         if self.mix.mode == "repeat":

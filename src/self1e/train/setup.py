@@ -21,13 +21,16 @@ from self1e.train.config import VIT_LORA_TARGETS, LoraSettings, TrainConfig
 def build_model(cfg: TrainConfig) -> Self1eModel:
     """The model ``cfg.model`` names (``tiny:<name>`` initialised from ``cfg.seed``) with the config's
     SELF1E settings, in float32. With ``cfg.image_size`` the ViT is moved to that tile size; with
-    ``cfg.add_llm_layers`` the language model gets that many more layers, each the identity at first."""
+    ``cfg.add_llm_layers`` / ``cfg.add_vit_layers`` the language model / vision encoder gets that many
+    more layers, each the identity at first."""
     model = load_model(cfg.model, config=cfg.self1e, dtype=torch.float32, attn_implementation=cfg.attn_implementation,
                        seed=cfg.seed, new_head=cfg.new_head)
     if cfg.image_size is not None and cfg.image_size != model.processor.image_size:
         model.set_image_size(cfg.image_size)
     if cfg.add_llm_layers:
         model.add_llm_layers(cfg.add_llm_layers, seed=cfg.seed)
+    if cfg.add_vit_layers:
+        model.add_vit_layers(cfg.add_vit_layers, seed=cfg.seed)
     return model
 
 

@@ -47,7 +47,7 @@ class Backbone:
     projector_path: ClassVar[str]  # the compression (space-to-depth + MLP) whose self-replication the head uses
     language_path: ClassVar[str] = "model.language_model"
     vision_path: ClassVar[str]  # the ViT's layers, without the compression (what quantization converts)
-    float_paths: ClassVar[tuple[str, ...]]  # kept in float by quantization: the compression (and its kin)
+    extra_float_paths: ClassVar[tuple[str, ...]] = ()  # kept in float by quantization besides the projector
     llm_lora_scope: ClassVar[str] = r"model\.language_model\.layers\.\d+\..*\b"
     vit_lora_scope: ClassVar[str]
     vit_lora_targets: ClassVar[tuple[str, ...]]
@@ -79,6 +79,11 @@ class Backbone:
     @property
     def language_model(self) -> nn.Module:
         return self.base.get_submodule(self.language_path)
+
+    @classmethod
+    def float_paths(cls) -> tuple[str, ...]:
+        """What quantization keeps in float: the compression (the projector, and its kin)."""
+        return (cls.projector_path, *cls.extra_float_paths)
 
     @property
     def projector(self) -> nn.Module:
@@ -113,6 +118,10 @@ class Backbone:
     def set_image_size(self, size: int) -> None:
         raise ValueError(f"set_image_size: {self.model_type} takes images at native resolution; there is no tile "
                          "size to change")
+
+    def add_vit_layers(self, n: int) -> None:
+        """Append ``n`` vision layers, each the identity at first (initialised from the torch RNG)."""
+        raise ValueError(f"add_vit_layers: not available for {self.model_type} (InternVL only)")
 
 
 def config_int(value) -> int:

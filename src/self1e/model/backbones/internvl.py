@@ -21,7 +21,6 @@ class InternVL(Backbone):
     config_class = "InternVLConfig"
     projector_path = "model.multi_modal_projector"
     vision_path = "model.vision_tower"
-    float_paths = ("model.multi_modal_projector",)
     # transformers' InternVL vision layers: attention.{q,k,v}_proj (the original "qkv", split),
     # attention.projection_layer (the original "proj"), mlp.fc1, mlp.fc2.
     vit_lora_scope = r"model\.vision_tower\.encoder\.layer\.\d+\..*\b"
@@ -65,3 +64,19 @@ class InternVL(Backbone):
         emb.position_embeddings = nn.Parameter(torch.cat([old.data[:, :1], grid], 1), requires_grad=old.requires_grad)
         emb.image_size = vc.image_size = [size, size]
         self.base.config.image_seq_length = (g1 // 2) ** 2
+
+    def add_vit_layers(self, n: int) -> None:
+        """Append ``n`` ViT layers, each the identity at first: the attention output projection and the
+        second MLP linear are zero (weights and biases), so the features are unchanged until training
+        moves them; the rest is initialised as the model's own init does. The config follows."""
+        encoder, vc = self.base.model.vision_tower.encoder, self.base.config.vision_config
+        ref = encoder.layer[-1]
+        for _ in range(n):
+            layer = type(ref)(vc)
+            for module in layer.modules():
+                self.base._init_weights(module)
+            for linear in (layer.attention.projection_layer, layer.mlp.fc2):
+                nn.init.zeros_(linear.weight)
+                nn.init.zeros_(linear.bias)
+            encoder.layer.append(layer.to(ref.layernorm_before.weight.device, ref.layernorm_before.weight.dtype))
+        vc.num_hidden_layers = len(encoder.layer)

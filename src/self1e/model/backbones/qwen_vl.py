@@ -39,7 +39,6 @@ class QwenVL(Backbone):
 
     projector_path = "model.visual.merger"
     vision_path = "model.visual.blocks"
-    float_paths = ("model.visual.merger",)
     vit_lora_scope = r"model\.visual\.blocks\.\d+\..*\b"
     mean: tuple[float, ...] = CLIP_MEAN
     std: tuple[float, ...] = CLIP_STD
@@ -140,7 +139,7 @@ class Qwen3VL(QwenVL):
     model_class = "Qwen3VLForConditionalGeneration"
     config_class = "Qwen3VLConfig"
     vit_lora_targets = ("qkv", "proj", "linear_fc1", "linear_fc2")
-    float_paths = ("model.visual.merger", "model.visual.deepstack_merger_list")  # deepstack: mergers too
+    extra_float_paths = ("model.visual.deepstack_merger_list",)  # deepstack: its mergers too
     mean = std = (0.5, 0.5, 0.5)
 
     def replicated(self, patches: torch.Tensor) -> torch.Tensor:

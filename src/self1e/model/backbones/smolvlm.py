@@ -25,7 +25,6 @@ class SmolVLM(Backbone):
     config_class = "SmolVLMConfig"
     projector_path = "model.connector"
     vision_path = "model.vision_model"
-    float_paths = ("model.connector",)
     language_path = "model.text_model"
     llm_lora_scope = r"model\.text_model\.layers\.\d+\..*\b"
     vit_lora_scope = r"model\.vision_model\.encoder\.layers\.\d+\..*\b"
