@@ -36,7 +36,12 @@ def answers_and_states(predictor, samples) -> tuple[list[str], np.ndarray]:
 
     grab: list[torch.Tensor] = []
     norm = predictor.model.backbone.language_model.norm
-    handle = norm.register_forward_hook(lambda m, i, out: grab.append(out[0, -1].detach().float()) if not grab else None)
+
+    def first_call(module, inputs, out):  # the prompt's pass (then one call per generated token)
+        if not grab:
+            grab.append(out[0, -1].detach().float())
+
+    handle = norm.register_forward_hook(first_call)
     answers, states = [], []
     try:
         for s in samples:
