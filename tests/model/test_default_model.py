@@ -18,7 +18,9 @@ CHAT_SAMPLES = {"segmentation": "refshapes:test:40:778", "vqa": "refshapes-vqa:t
                 "multi": "refshapes-multi:test:20:778"}
 CHAT_FLOORS = {("vqa", "exact_match"): 0.6, ("vqa", "answered_without_seg"): 0.95,  # measured 0.700, 1.0
                ("segmentation", "answered_with_seg"): 0.95, ("multi_object", "right_seg_count"): 0.9,  # 1.0, 1.0
-               ("multi_object", "per_object_cIoU"): 0.75}  # measured 0.834 (46 objects of 20 requests)
+               ("multi_object", "per_object_cIoU"): 0.75,  # measured 0.834 (46 objects of 20 requests)
+               # the free answers' own masks: far lower, as the model restates the phrases (2 of 20 as asked)
+               ("multi_object", "free_answer_cIoU"): 0.35}  # measured 0.428
 
 
 def test_default_resolves_and_is_small():

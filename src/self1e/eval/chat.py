@@ -6,7 +6,10 @@
 - segmentation requests: the share answered with ``[SEG]``, and the cIoU of the masks ``chat``
   gives (the first ``[SEG]``; none counts as an empty mask) next to ``predict()``'s on the same samples;
 - multi-object requests: the share answered with exactly one ``[SEG]`` per object, and per-object
-  cIoU of the teacher-forced multi-object answer next to the same objects requested one at a time.
+  cIoU of the teacher-forced multi-object answer next to the same objects requested one at a time;
+  and of the free answer itself: the share of answers that name the requested phrases, in order
+  (normalised as VQA answers are), and the per-object cIoU of its masks (the k-th ``[SEG]`` against
+  the k-th object; a missing ``[SEG]`` counts as an empty mask).
 """
 from __future__ import annotations
 
@@ -74,20 +77,23 @@ def evaluate_chat(predictor: Any, *, segmentation: Sequence[Sample] = (), vqa: S
                                "chat_N_acc": chat_acc.result().get("N_acc"),
                                "predict_N_acc": predict_acc.result().get("N_acc")}
     if multi:
-        together, alone, right = IoUAccumulator(), IoUAccumulator(), 0
+        together, alone, free, right, named = IoUAccumulator(), IoUAccumulator(), IoUAccumulator(), 0, 0
         for s in multi:
             image = s.load_image()
             predictor.set_image(image)
             answer = predictor.chat(predictor.processor.seg_question(s.text), max_new_tokens=16 * len(s.phrases))
             right += answer.text.count(seg_token) == len(s.phrases)
+            named += [normalise_answer(g.text) for g in answer.segments] == [normalise_answer(t) for t in s.phrases]
             objects = predictor.predict_objects(s.text, s.phrases)
             singles = predictor.predict_batch(list(s.phrases))
             for k in range(len(s.phrases)):
                 gt = s.load_instance(k, image.size)
                 together.update(objects[k].mask, gt)
                 alone.update(singles[k].mask, gt)
+                free.update(answer.segments[k].mask if k < len(answer.segments) else np.zeros_like(gt), gt)
             bar.update(1)
         out["multi_object"] = {"n": len(multi), "objects": together.n, "right_seg_count": right / len(multi),
-                               "per_object_cIoU": together.ciou, "one_at_a_time_cIoU": alone.ciou}
+                               "per_object_cIoU": together.ciou, "one_at_a_time_cIoU": alone.ciou,
+                               "phrases_named": named / len(multi), "free_answer_cIoU": free.ciou}
     bar.close()
     return out

@@ -231,6 +231,8 @@ CHAT_ROWS = (  # (group, measure, count key, label) of the chat table
     ("multi_object", "right_seg_count", "n", "multi-object requests answered with one [SEG] per object"),
     ("multi_object", "per_object_cIoU", "objects", "per-object cIoU, objects asked together"),
     ("multi_object", "one_at_a_time_cIoU", "objects", "per-object cIoU, the same objects one at a time"),
+    ("multi_object", "phrases_named", "n", "free multi-object answers naming the requested phrases, in order"),
+    ("multi_object", "free_answer_cIoU", "objects", "per-object cIoU of the free answers' masks"),
 )
 
 
@@ -238,7 +240,7 @@ def chat_table(chat: dict[str, Any]) -> str:
     """The measures of :func:`self1e.eval.chat.evaluate_chat` as a markdown table (percentages)."""
     lines = ["| chat | n | % |", "|---|---:|---:|"]
     for group, key, count, label in CHAT_ROWS:
-        if group in chat:
+        if key in chat.get(group, {}):  # (measures added later are missing from older reports)
             lines.append(f"| {label} | {chat[group][count]} | {_pct(chat[group][key])} |")
         if (group, key) == ("vqa", "exact_match") and group in chat:
             lines += [f"| VQA exact match, \"{t}\" questions | {v['n']} | {_pct(v['exact_match'])} |"
